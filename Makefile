@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make run` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The stamp is remade whenever a requirements file changes, so a pull that adds a
+# dependency reinstalls on the next make.
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench chaos smoke schema clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m tools.run_local
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+chaos: $(STAMP)
+	$(PY) -m tools.chaos
+
+smoke: $(STAMP)
+	bash scripts/smoke.sh
+
+schema: $(STAMP)
+	$(PY) -m config_watch schema
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache .hypothesis

@@ -1,0 +1,31 @@
+"""Live configuration from etcd: schema, snapshots, and the list-then-watch loop.
+
+A request calls `snapshot()` once and reads every value from that one object.
+"""
+
+from ._etcd import AuthError, Compacted, EtcdClient, EtcdError, Unavailable
+from ._runtime import ConfigRuntime, get_runtime, reset_runtime, snapshot, status
+from ._schema import (
+    FEATURES,
+    GLOBAL_PREFIX,
+    MAINTENANCE_MODE,
+    RATE_LIMIT,
+    RATE_LIMIT_BURST,
+    SCHEMA,
+    THREADS,
+    InvalidValue,
+    KeySpec,
+    Schema,
+    service_prefix,
+)
+from ._settings import Settings, SettingsError
+from ._snapshot import Snapshot, SnapshotStore
+from ._watcher import ConfigWatcher
+
+__all__ = [
+    "AuthError", "Compacted", "ConfigRuntime", "ConfigWatcher", "EtcdClient", "EtcdError",
+    "FEATURES", "GLOBAL_PREFIX", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT",
+    "RATE_LIMIT_BURST", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
+    "SnapshotStore", "THREADS", "Unavailable", "get_runtime", "reset_runtime", "service_prefix",
+    "snapshot", "status",
+]

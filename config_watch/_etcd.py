@@ -1,0 +1,383 @@
+"""The etcd adapter: the only module that imports the etcd client.
+
+It speaks etcd's v3 gRPC API through the protobuf stubs of `etcd-sdk-python`
+(`pyetcd.etcdrpc`) rather than its high-level watcher, because the watch loop needs
+what that watcher hides: a response stream it can wait on with a timeout, progress
+requests for liveness, `hasleader` metadata, and precise error codes (compaction,
+auth, unavailable). Everything else sees `KeyValue`, `Event` and `WatchBatch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Iterator
+
+import grpc
+from pyetcd import etcdrpc
+
+from ._model import Event, KeyValue, WatchBatch
+from ._settings import Endpoint, Settings
+
+log = logging.getLogger(__name__)
+
+
+class EtcdError(Exception):
+    """Base of every error the adapter raises."""
+
+
+class Unavailable(EtcdError):
+    """No answer from this endpoint (down, cut, stalled, no leader): try again, maybe elsewhere."""
+
+
+class Compacted(EtcdError):
+    """The revision asked for was compacted: list again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (etcd keeps history from {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+class AuthError(EtcdError):
+    """Credentials refused or permission denied: retrying soon will not help."""
+
+
+class ConfigurationError(EtcdError):
+    """TLS files missing or unreadable."""
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """etcd's range end for every key starting with `prefix`."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def covering_range(prefixes: list[str]) -> tuple[bytes, bytes]:
+    """One key range that holds every prefix.
+
+    One range means one watch, and etcd delivers every event of a revision in one
+    response of one watch, so a transaction touching the service's keys and the
+    global keys arrives whole. Keys in between are filtered out by the caller.
+    """
+    encoded = sorted(p.encode() for p in prefixes)
+    return encoded[0], max(prefix_range_end(p) for p in encoded)
+
+
+# How much of a gRPC error's message a log line repeats.
+_DETAIL_CHARS = 200
+
+_UNAVAILABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def _details(err: grpc.RpcError) -> str:
+    try:
+        return (err.details() or str(err.code()))[:_DETAIL_CHARS]
+    except Exception:  # a bare RpcError without call details
+        return str(err)[:_DETAIL_CHARS]
+
+
+def classify(err: grpc.RpcError) -> EtcdError:
+    """Map a gRPC error to the adapter's error kinds."""
+    code = err.code() if hasattr(err, "code") else None
+    details = _details(err)
+    if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+        return Compacted(0)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AuthError(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "user name" in details:
+        return AuthError(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and "auth" in details:
+        return AuthError(details)
+    if code in _UNAVAILABLE_CODES or code is None:
+        return Unavailable(details)
+    return EtcdError(f"{code.name if code else 'error'}: {details}")
+
+
+def _read(path: str, name: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigurationError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+
+class EtcdClient:
+    """A connection to one of the configured endpoints at a time.
+
+    `rotate()` moves to the next endpoint; the watch loop calls it after a failure.
+    Not thread-safe for rotation; list and watch may run from any thread.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._endpoints: tuple[Endpoint, ...] = settings.endpoints
+        self._index = 0
+        self._channel: grpc.Channel | None = None
+        self._token: str | None = None
+        self._lock = threading.Lock()
+        self._credentials = self._channel_credentials() if settings.secure else None
+
+    def _channel_credentials(self) -> grpc.ChannelCredentials:
+        s = self._settings
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(s.cacert, "ETCD_CACERT") if s.cacert else None,
+            private_key=_read(s.key, "ETCD_KEY") if s.key else None,
+            certificate_chain=_read(s.cert, "ETCD_CERT") if s.cert else None,
+        )
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoints[self._index]
+
+    def _options(self) -> list[tuple[str, int]]:
+        s = self._settings
+        return [
+            ("grpc.keepalive_time_ms", int(s.keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout * 1000)),
+            # etcd's server policy forbids pings without an active stream.
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Reconnect within ~1 s of etcd coming back, not gRPC's default 2 min cap.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.enable_retries", 0),
+        ]
+
+    def _connect(self) -> grpc.Channel:
+        with self._lock:
+            if self._channel is None:
+                target = self.endpoint.target
+                if self._credentials is not None:
+                    self._channel = grpc.secure_channel(target, self._credentials, options=self._options())
+                else:
+                    self._channel = grpc.insecure_channel(target, options=self._options())
+                self._token = None
+            return self._channel
+
+    def rotate(self) -> Endpoint:
+        """Drop the connection and move to the next endpoint."""
+        self.close()
+        self._index = (self._index + 1) % len(self._endpoints)
+        return self.endpoint
+
+    def close(self) -> None:
+        with self._lock:
+            channel, self._channel, self._token = self._channel, None, None
+        if channel is not None:
+            channel.close()
+
+    def _metadata(self, channel: grpc.Channel, timeout: float, require_leader: bool = False):
+        md = [("hasleader", "true")] if require_leader else []
+        if self._settings.username:
+            if self._token is None:
+                stub = etcdrpc.AuthStub(channel)
+                try:
+                    resp = stub.Authenticate(
+                        etcdrpc.AuthenticateRequest(name=self._settings.username, password=self._settings.password),
+                        timeout=timeout,
+                    )
+                except grpc.RpcError as err:
+                    raise classify(err) from None
+                self._token = resp.token
+            md.append(("token", self._token))
+        return md
+
+    def _unary(self, call_name: str, stub_cls, request, timeout: float):
+        channel = self._connect()
+        for attempt in (1, 2):
+            metadata = self._metadata(channel, timeout)
+            try:
+                return getattr(stub_cls(channel), call_name)(request, timeout=timeout, metadata=metadata)
+            except grpc.RpcError as err:
+                error = classify(err)
+                # Simple auth tokens expire after 5 idle minutes: authenticate once more.
+                if isinstance(error, AuthError) and "invalid auth token" in str(error) and attempt == 1:
+                    self._token = None
+                    continue
+                raise error from None
+
+    def list_range(self, start: bytes, end: bytes, timeout: float, revision: int = 0) -> tuple[int, list[KeyValue]]:
+        """Every key in [start, end) at one revision: (header revision, key-values)."""
+        resp = self._unary(
+            "Range", etcdrpc.KVStub, etcdrpc.RangeRequest(key=start, range_end=end, revision=revision), timeout
+        )
+        kvs = [KeyValue(kv.key.decode("utf-8", "replace"), bytes(kv.value), kv.mod_revision) for kv in resp.kvs]
+        return resp.header.revision, kvs
+
+    def put(self, key: str, value: str, timeout: float) -> int:
+        resp = self._unary("Put", etcdrpc.KVStub, etcdrpc.PutRequest(key=key.encode(), value=value.encode()), timeout)
+        return resp.header.revision
+
+    def delete(self, key: str, timeout: float) -> int:
+        resp = self._unary("DeleteRange", etcdrpc.KVStub, etcdrpc.DeleteRangeRequest(key=key.encode()), timeout)
+        return resp.header.revision
+
+    def put_many(self, items: dict[str, str | None], timeout: float) -> int:
+        """Put (or, for None, delete) several keys in one transaction: one revision."""
+        ops = []
+        for key, value in items.items():
+            if value is None:
+                ops.append(etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode())))
+            else:
+                ops.append(etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value.encode())))
+        resp = self._unary("Txn", etcdrpc.KVStub, etcdrpc.TxnRequest(success=ops), timeout)
+        return resp.header.revision
+
+    def get_at(self, key: str, revision: int, timeout: float) -> KeyValue | None:
+        """`key` as it was at `revision` (None if absent then); Compacted if too old."""
+        _, kvs = self.list_range(key.encode(), key.encode() + b"\0", timeout, revision=revision)
+        return kvs[0] if kvs else None
+
+    def compact(self, revision: int, timeout: float) -> None:
+        self._unary("Compact", etcdrpc.KVStub, etcdrpc.CompactionRequest(revision=revision, physical=True), timeout)
+
+    def watch(self, start: bytes, end: bytes, start_revision: int) -> "WatchStream":
+        channel = self._connect()
+        metadata = self._metadata(channel, self._settings.request_timeout, require_leader=True)
+        return WatchStream(etcdrpc.WatchStub(channel), start, end, start_revision, metadata)
+
+
+class WatchStream:
+    """One gRPC watch stream on one key range, read with timeouts.
+
+    A reader thread moves responses into a queue, so `get(timeout)` can wait for a
+    bounded time: the watch loop must be able to notice silence (a stalled or
+    half-open connection) and to stop promptly.
+    """
+
+    _END = object()
+
+    def __init__(self, stub, start: bytes, end: bytes, start_revision: int, metadata) -> None:
+        self._requests: queue.Queue = queue.Queue()
+        self._responses: queue.Queue = queue.Queue()
+        self._closed = False
+        create = etcdrpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
+        self._requests.put(etcdrpc.WatchRequest(create_request=create))
+        self._call = stub.Watch(self._request_iter(), metadata=metadata)
+        self._reader = threading.Thread(target=self._read, name="config-watch-reader", daemon=True)
+        self._reader.start()
+
+    def _request_iter(self) -> Iterator:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self._responses.put(response)
+            self._responses.put(Unavailable("watch stream ended by the server"))
+        except grpc.RpcError as err:
+            self._responses.put(classify(err))
+        except Exception as exc:  # never let the reader die silently
+            self._responses.put(EtcdError(f"watch reader failed: {exc!r}"))
+
+    def request_progress(self) -> None:
+        """Ask etcd to confirm the stream is alive; it answers with an empty batch."""
+        if not self._closed:
+            self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+
+    def get(self, timeout: float) -> WatchBatch | None:
+        """The next batch, None after `timeout` of silence, or an EtcdError raised."""
+        try:
+            item = self._responses.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, Exception):
+            if self._closed and isinstance(item, Unavailable):
+                raise Unavailable("watch stream closed")
+            raise item
+        return self._batch(item)
+
+    @staticmethod
+    def _batch(resp) -> WatchBatch:
+        if resp.compact_revision:
+            raise Compacted(resp.compact_revision)
+        if resp.canceled:
+            reason = resp.cancel_reason or "watch canceled by the server"
+            if "permission denied" in reason:
+                raise AuthError(reason)
+            raise Unavailable(reason)
+        events = []
+        for ev in resp.events:
+            kind = "delete" if ev.type == etcdrpc.kv_pb2.Event.DELETE else "put"
+            events.append(Event(kind, ev.kv.key.decode("utf-8", "replace"), bytes(ev.kv.value), ev.kv.mod_revision))
+        return WatchBatch(resp.header.revision, tuple(events))
+
+    def close(self) -> None:
+        """Cancel the stream; a blocked `get` then raises Unavailable."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(None)
+        self._call.cancel()
+
+
+def wait_ready(client: EtcdClient, timeout: float) -> None:
+    """Block until the current endpoint answers a list (used by tools, not the loop)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_range(b"\0", b"\0", timeout=min(1.0, timeout))
+            return
+        except EtcdError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class EtcdSource:
+    """The lister-watcher the watch loop uses: one key range, one etcd connection.
+
+    `check` opens a connection of its own for each call: it runs when the watch has
+    gone quiet, which is exactly when the watch's connection may be silently dead.
+    """
+
+    def __init__(self, settings: Settings, prefixes: list[str]) -> None:
+        self._settings = settings
+        self._client = EtcdClient(settings)
+        self._start, self._end = covering_range(prefixes)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.endpoint)
+
+    def list(self, timeout: float) -> tuple[int, list[KeyValue]]:
+        return self._client.list_range(self._start, self._end, timeout)
+
+    def watch(self, start_revision: int) -> WatchStream:
+        return self._client.watch(self._start, self._end, start_revision)
+
+    def check(self, timeout: float) -> tuple[int, list[KeyValue]]:
+        client = EtcdClient(self._settings)
+        client._index = self._client._index
+        try:
+            return client.list_range(self._start, self._end, timeout)
+        finally:
+            client.close()
+
+    def rotate(self) -> str:
+        return str(self._client.rotate())
+
+    def reconnect(self) -> None:
+        self._client.close()
+
+    def close(self) -> None:
+        self._client.close()
