@@ -1,0 +1,71 @@
+"""Fixtures: a real etcd on free ports, a fault-injecting proxy, watchers, and clean globals."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import config_watch
+from config_watch import ConfigWatcher, Settings, service_prefix, GLOBAL_PREFIX
+from config_watch._etcd import EtcdSource
+from tools.etcd_server import EtcdServer
+from tools.tcp_proxy import TcpProxy
+
+PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
+
+
+@pytest.fixture(autouse=True)
+def _clean_globals():
+    """Every test starts with no runtime and leaves os.environ as it found it."""
+    saved = dict(os.environ)
+    config_watch.reset_runtime()
+    yield
+    config_watch.reset_runtime()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    server = EtcdServer(data_dir=str(tmp_path / "etcd-data"), log_path=str(tmp_path / "etcd.log"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def proxy(etcd):
+    with TcpProxy(etcd.client_port) as p:
+        yield p
+
+
+def fast_settings(endpoints: str, **overrides) -> Settings:
+    """Settings with short bounds, so fault tests finish in seconds."""
+    env = {
+        "ETCD_ENDPOINTS": endpoints,
+        "ETCD_DEAD_STREAM_SECONDS": "1.5",
+        "ETCD_REQUEST_TIMEOUT_SECONDS": "1",
+        "CONFIG_STALENESS_SECONDS": "2",
+        "CONFIG_CHECK_TIMEOUT_SECONDS": "0.5",
+        **{k: str(v) for k, v in overrides.items()},
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def make_watcher():
+    """Start a real watcher against the given endpoints; stopped after the test."""
+    started: list[ConfigWatcher] = []
+
+    def make(endpoints: str, **overrides) -> ConfigWatcher:
+        settings = fast_settings(endpoints, **overrides)
+        watcher = ConfigWatcher(lambda: EtcdSource(settings, PREFIXES), PREFIXES, settings)
+        started.append(watcher.start())
+        return watcher
+
+    yield make
+    for w in started:
+        w.stop()
