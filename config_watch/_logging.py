@@ -51,17 +51,21 @@ def _handler() -> logging.Handler:
 
 
 def configure_logging(level: str = "INFO", force: bool = False) -> None:
-    """Attach the structured handler to this project's loggers, once per process."""
+    """Send every log record, as structured lines, to stdout; once per process.
+
+    The handler goes on the root logger so library records (gRPC, Google) come out in
+    the same format; this project's loggers get `level`, the rest keep WARNING.
+    """
     global _configured
     with _lock:
         if _configured and not force:
             return
+        root = logging.getLogger()
+        for old in [h for h in root.handlers if getattr(h, "_config_watch", False)]:
+            root.removeHandler(old)
         handler = _handler()
+        handler._config_watch = True
+        root.addHandler(handler)
         for name in _PACKAGES:
-            logger = logging.getLogger(name)
-            for old in list(logger.handlers):
-                logger.removeHandler(old)
-            logger.addHandler(handler)
-            logger.setLevel(level if level in logging._nameToLevel else "INFO")
-            logger.propagate = False
+            logging.getLogger(name).setLevel(level if level in logging._nameToLevel else "INFO")
         _configured = True
