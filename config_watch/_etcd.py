@@ -156,6 +156,10 @@ class EtcdClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.enable_retries", 0),
+            # gRPC shares TCP connections between channels to the same target by
+            # default; a fresh channel must mean a fresh connection, or the staleness
+            # check would reuse the very connection that went silent.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
 
     def _connect(self) -> grpc.Channel:

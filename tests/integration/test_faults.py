@@ -1,0 +1,180 @@
+"""Faults injected into real processes: stalled connections, a three-member cluster."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from config_watch import RATE_LIMIT, EtcdError, Settings
+from config_watch._etcd import EtcdClient
+from tests.support import wait_until
+from tools.etcd_server import EtcdCluster
+
+
+def etcd_revision(etcd) -> int:
+    return json.loads(etcd.etcdctl("get", "/", "-w", "json"))["header"]["revision"]
+
+
+def test_stalled_watch_is_detected_within_bound_and_caught_up(etcd, proxy, make_watcher):
+    watcher = make_watcher(proxy.endpoint, ETCD_DEAD_STREAM_SECONDS=1.5)
+    assert watcher.wait_synced(5)
+    wait_until(lambda: watcher.connected, 5)
+    connections = proxy.accepted
+    proxy.stall()  # the connection stays open but nothing crosses it any more
+    stalled_at = time.monotonic()
+    etcd.etcdctl("put", RATE_LIMIT, "31")
+    target = etcd_revision(etcd)
+    wait_until(lambda: watcher.store.current.revision == target, 10, message="caught up over a new connection")
+    caught_up = time.monotonic() - stalled_at
+    assert watcher.store.current[RATE_LIMIT] == 31
+    assert proxy.accepted > connections  # it had to reconnect: the stalled stream never answered
+    # Dead-stream bound 1.5 s, plus one progress tick (0.5 s) and the first backoff step.
+    assert caught_up < 1.5 + 0.5 + 1.5, caught_up
+
+
+def test_request_after_staleness_bound_sees_changes_a_stalled_watch_missed(etcd, proxy, make_watcher):
+    # A watch that would take 60 s to notice, so only the request-path guard can help.
+    watcher = make_watcher(proxy.endpoint, ETCD_DEAD_STREAM_SECONDS=60, ETCD_KEEPALIVE_SECONDS=60,
+                           CONFIG_STALENESS_SECONDS=0.5)
+    assert watcher.wait_synced(5)
+    wait_until(lambda: watcher.connected, 5)
+    proxy.stall()
+    etcd.etcdctl("put", RATE_LIMIT, "32")
+    target = etcd_revision(etcd)
+    assert watcher.store.current[RATE_LIMIT] != 32
+    wait_until(lambda: watcher.staleness() > 0.5, 5, message="snapshot past the staleness bound")
+    snapshot = watcher.ensure_fresh()
+    assert snapshot.revision == target and snapshot[RATE_LIMIT] == 32
+    assert watcher.counters["check_catchups"] == 1
+    # The guard also restarted the watch, which now runs on a fresh connection.
+    etcd.etcdctl("put", RATE_LIMIT, "33")
+    wait_until(lambda: watcher.store.current[RATE_LIMIT] == 33, 10, message="watch resumed after the nudge")
+
+
+def test_fresh_snapshot_is_served_without_asking_etcd(etcd, make_watcher):
+    watcher = make_watcher(etcd.endpoint, CONFIG_STALENESS_SECONDS=5)
+    assert watcher.wait_synced(5)
+    wait_until(lambda: watcher.connected, 5)
+    for _ in range(1000):
+        watcher.ensure_fresh()
+    assert watcher.counters["checks"] == 0
+
+
+def test_unreachable_etcd_keeps_last_good_snapshot_and_reports_stale(etcd, proxy, make_watcher):
+    etcd.etcdctl("put", RATE_LIMIT, "34")
+    watcher = make_watcher(proxy.endpoint, CONFIG_STALENESS_SECONDS=0.5, CONFIG_CHECK_TIMEOUT_SECONDS=0.3)
+    assert watcher.wait_synced(5)
+    proxy.cut()
+    wait_until(lambda: watcher.staleness() > 0.5, 5)
+    started = time.monotonic()
+    snapshot = watcher.ensure_fresh()
+    assert time.monotonic() - started < 1.0  # bounded by the check's deadline, not hung
+    assert snapshot[RATE_LIMIT] == 34
+    status = watcher.status()
+    assert status["stale"] is True and status["connected"] is False
+
+
+class Writer(threading.Thread):
+    """Puts 1, 2, 3, ... to one key through any live member, until stopped."""
+
+    def __init__(self, endpoints: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self.client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": endpoints}))
+        self.key = key
+        self.stop = threading.Event()
+        self.written = 0
+        self.errors = 0
+
+    def run(self) -> None:
+        value = 1
+        while not self.stop.is_set():
+            try:
+                self.client.put(self.key, str(value), timeout=1)
+                self.written = value
+                value += 1
+            except EtcdError:
+                self.errors += 1
+                self.client.rotate()
+            self.stop.wait(0.005)
+
+
+def history(endpoint: str, key: str, start: bytes, end: bytes) -> list[tuple[str, bytes, int]]:
+    """Every event on `key` since revision 1, read with a watch from the beginning."""
+    client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": endpoint}))
+    _, kvs = client.list_range(start, end, timeout=5)
+    last = max((kv.mod_revision for kv in kvs if kv.key == key), default=0)
+    stream = client.watch(start, end, 1)
+    events = []
+    try:
+        while not events or events[-1][2] < last:
+            batch = stream.get(timeout=5)
+            assert batch is not None, "history watch went silent"
+            events += [(e.key, e.value, e.mod_revision) for e in batch.events if e.key == key]
+    finally:
+        stream.close()
+        client.close()
+    return events
+
+
+def member_serving(cluster: EtcdCluster, endpoint: str):
+    return next(m for m in cluster.members if m.endpoint == endpoint)
+
+
+def leader_of(cluster: EtcdCluster):
+    live = cluster.running_member()
+    statuses = json.loads(live.etcdctl("endpoint", "status", "--cluster", "-w", "json"))
+    leader_id = statuses[0]["Status"]["leader"]
+    url = next(s["Endpoint"] for s in statuses if s["Status"]["header"]["member_id"] == leader_id)
+    return next(m for m in cluster.members if m.client_url == url)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with EtcdCluster(3, base_dir=str(tmp_path / "cluster")) as c:
+        yield c
+
+
+def test_cluster_member_and_leader_loss_deliver_every_change_in_order(cluster, make_watcher):
+    watcher = make_watcher(cluster.endpoints)
+    assert watcher.wait_synced(10)
+    wait_until(lambda: watcher.connected, 5)
+    applied: list[tuple[str, bytes, int]] = []
+    original_apply = watcher.apply
+
+    def recording_apply(events):
+        applied.extend((e.key, e.value, e.mod_revision) for e in events
+                       if e.key == RATE_LIMIT and e.mod_revision > watcher.store.current.revision)
+        original_apply(events)
+
+    watcher.apply = recording_apply
+    writer = Writer(cluster.endpoints, RATE_LIMIT)
+    writer.start()
+    try:
+        wait_until(lambda: writer.written >= 50, 10, message="writer running")
+        used = member_serving(cluster, watcher.endpoint)
+        used.kill()
+        wait_until(lambda: watcher.connected and watcher.endpoint != used.endpoint, 15,
+                   message="watcher moved to another member")
+        mark = writer.written
+        wait_until(lambda: writer.written >= mark + 50, 15, message="writes continue")
+        used.restart()
+        leader = leader_of(cluster)
+        leader.kill()
+        mark = writer.written
+        wait_until(lambda: writer.written >= mark + 50, 20, message="writes continue after leader loss")
+        leader.restart()
+        mark = writer.written
+        wait_until(lambda: writer.written >= mark + 20, 15)
+    finally:
+        writer.stop.set()
+        writer.join(5)
+    live = cluster.running_member()
+    target = etcd_revision(live)
+    wait_until(lambda: watcher.store.current.revision >= target, 15, message="watcher caught up")
+    expected = history(live.endpoint, RATE_LIMIT, b"/config/", b"/config0")
+    assert applied == expected  # every change, once, in etcd's order
+    assert watcher.store.current[RATE_LIMIT] == int(expected[-1][1])
+    assert watcher.counters["relists"] == 1  # resumed every time, never had to start over
