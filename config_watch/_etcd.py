@@ -70,7 +70,7 @@ def covering_range(prefixes: list[str]) -> tuple[bytes, bytes]:
 
 
 # How much of a gRPC error's message a log line repeats.
-_DETAIL_CHARS = 200
+_DETAIL_CHARS = 300
 
 _UNAVAILABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
@@ -98,7 +98,7 @@ def classify(err: grpc.RpcError) -> EtcdError:
         return Compacted(0)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return AuthError(details)
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "user name" in details:
+    if code == grpc.StatusCode.INVALID_ARGUMENT and ("authentication failed" in details or "user name" in details):
         return AuthError(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION and "auth" in details:
         return AuthError(details)
@@ -196,7 +196,11 @@ class EtcdClient:
                         timeout=timeout,
                     )
                 except grpc.RpcError as err:
-                    raise classify(err) from None
+                    error = classify(err)
+                    if isinstance(error, AuthError):
+                        raise AuthError(f"etcd refused user {self._settings.username!r} "
+                                        f"(check ETCD_USERNAME/ETCD_PASSWORD): {error}") from None
+                    raise error from None
                 self._token = resp.token
             md.append(("token", self._token))
         return md

@@ -233,7 +233,7 @@ class ConfigWatcher:
         if isinstance(err, (Unavailable, AuthError)):
             self.last_error = f"{type(err).__name__}: {err}"
             log.warning(
-                "etcd connection lost; retrying",
+                "etcd unavailable; retrying",
                 extra={"json_fields": {"error": self.last_error, "endpoint": self.endpoint,
                                        "retry_in_seconds": round(delay, 3), "attempt": self._backoff.attempts}},
             )

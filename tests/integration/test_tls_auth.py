@@ -1,0 +1,122 @@
+"""The gateway against an etcd configured like the VM: client-cert TLS and auth enabled."""
+
+from __future__ import annotations
+
+import os
+
+import functions_framework
+import pytest
+
+from config_watch import RATE_LIMIT, AuthError, Settings
+from config_watch._etcd import EtcdClient
+from tests.support import wait_until
+from tools.certs import make_tls_material
+from tools.etcd_server import EtcdServer
+from tools.function_server import FunctionServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GATEWAY_PASSWORD = "gateway-secret"
+
+
+@pytest.fixture
+def secure_etcd(tmp_path):
+    tls = make_tls_material(tmp_path / "pki", client_names=("root", "gateway"))
+    server = EtcdServer(data_dir=str(tmp_path / "etcd-data"), tls=tls.etcd_tls(client="root"),
+                        log_path=str(tmp_path / "etcd.log"))
+    server.start()
+    try:
+        for args in (
+            ("user", "add", "root", "--new-user-password=root-secret"),
+            ("role", "add", "config-reader"),
+            ("role", "grant-permission", "config-reader", "read", "/config/", "--prefix=true"),
+            ("user", "add", "gateway", f"--new-user-password={GATEWAY_PASSWORD}"),
+            ("user", "grant-role", "gateway", "config-reader"),
+            ("put", RATE_LIMIT, "61"),
+            ("auth", "enable"),
+        ):
+            server.etcdctl(*args)
+        yield server, tls
+    finally:
+        server.close()
+
+
+def gateway_env(server, tls, **overrides) -> dict[str, str]:
+    env = {
+        "ETCD_ENDPOINTS": f"https://127.0.0.1:{server.client_port}",
+        "ETCD_CACERT": tls.ca_cert,
+        "ETCD_CERT": tls.clients["gateway"].cert,
+        "ETCD_KEY": tls.clients["gateway"].key,
+        "ETCD_USERNAME": "gateway",
+        "ETCD_PASSWORD": GATEWAY_PASSWORD,
+        "CONFIG_INITIAL_WAIT_SECONDS": "3",
+    }
+    env.update(overrides)
+    return env
+
+
+def client_for(env: dict[str, str], monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = functions_framework.create_app(target="api_gateway", source=os.path.join(ROOT, "main.py"))
+    return app.test_client()
+
+
+def test_gateway_reads_config_over_tls_with_auth(secure_etcd, tmp_path):
+    server, tls = secure_etcd
+    with FunctionServer(gateway_env(server, tls), workers=1, log_path=str(tmp_path / "fn.log")) as fn:
+        import requests
+
+        response = requests.get(fn.url + "/", timeout=10)
+        assert response.status_code == 200
+        assert response.headers["RateLimit-Limit"] == "61"
+        server.etcdctl("--user=root:root-secret", "put", RATE_LIMIT, "62")
+        wait_until(lambda: requests.get(fn.url + "/", timeout=10).headers["RateLimit-Limit"] == "62", 10,
+                   message="watch over TLS delivers changes")
+
+
+def test_gateway_credentials_cannot_write(secure_etcd):
+    server, tls = secure_etcd
+    client = EtcdClient(Settings.from_env(gateway_env(server, tls)))
+    try:
+        revision, kvs = client.list_range(b"/config/", b"/config0", timeout=5)
+        assert [kv.key for kv in kvs] == [RATE_LIMIT]
+        with pytest.raises(AuthError, match="permission denied"):
+            client.put(RATE_LIMIT, "1", timeout=5)
+        with pytest.raises(AuthError, match="permission denied"):
+            client.list_range(b"/secrets/", b"/secrets0", timeout=5)
+    finally:
+        client.close()
+
+
+def test_wrong_password_is_reported_without_crashing(secure_etcd, monkeypatch, caplog):
+    server, tls = secure_etcd
+    client = client_for(gateway_env(server, tls, ETCD_PASSWORD="wrong", CONFIG_INITIAL_WAIT_SECONDS="0.3"),
+                        monkeypatch)
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["X-Config-Revision"] == "0"
+    status = wait_until(lambda: (s := client.get("/_status").json)["last_error"] and s, 5)
+    assert status["synced"] is False
+    assert "AuthError" in status["last_error"] and "invalid user ID or password" in status["last_error"]
+    assert any("etcd unavailable" in r.getMessage() and "password" in str(getattr(r, "json_fields", ""))
+               for r in caplog.records)
+
+
+def test_wrong_certificate_is_reported_without_crashing(secure_etcd, monkeypatch, tmp_path):
+    server, tls = secure_etcd
+    other = make_tls_material(tmp_path / "other-pki", client_names=("gateway",))  # signed by another CA
+    client = client_for(gateway_env(server, tls, ETCD_CERT=other.clients["gateway"].cert,
+                                    ETCD_KEY=other.clients["gateway"].key, CONFIG_INITIAL_WAIT_SECONDS="0.3"),
+                        monkeypatch)
+    assert client.get("/").status_code == 200
+    status = wait_until(lambda: (s := client.get("/_status").json)["last_error"] and s, 5)
+    assert status["synced"] is False and status["connected"] is False
+    assert "Unavailable" in status["last_error"] and "handshake failed" in status["last_error"].lower()
+
+
+def test_missing_certificate_file_is_reported_without_crashing(secure_etcd, monkeypatch, tmp_path):
+    server, tls = secure_etcd
+    client = client_for(gateway_env(server, tls, ETCD_CERT=str(tmp_path / "absent.pem"),
+                                    CONFIG_INITIAL_WAIT_SECONDS="0.3"), monkeypatch)
+    assert client.get("/").status_code == 200
+    status = wait_until(lambda: (s := client.get("/_status").json)["last_error"] and s, 5)
+    assert "ETCD_CERT" in status["last_error"] and "absent.pem" in status["last_error"]
