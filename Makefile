@@ -25,6 +25,7 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(PY) -m tools.chaos
+	$(PY) -m tools.fault_figures
 
 smoke: $(STAMP)
 	bash scripts/smoke.sh

@@ -178,3 +178,15 @@ def test_cluster_member_and_leader_loss_deliver_every_change_in_order(cluster, m
     assert applied == expected  # every change, once, in etcd's order
     assert watcher.store.current[RATE_LIMIT] == int(expected[-1][1])
     assert watcher.counters["relists"] == 1  # resumed every time, never had to start over
+
+
+def test_idle_healthy_stream_is_kept_alive_by_progress_requests(etcd, proxy, make_watcher):
+    watcher = make_watcher(proxy.endpoint, ETCD_DEAD_STREAM_SECONDS=0.6)
+    assert watcher.wait_synced(5)
+    wait_until(lambda: watcher.connected, 5)
+    connections = proxy.accepted
+    # Several dead-stream bounds pass with no change at all; progress answers keep it alive.
+    first_contact = watcher.last_contact
+    wait_until(lambda: watcher.last_contact - first_contact > 3 * 0.6, 10, message="progress answers")
+    assert watcher.counters["reconnects"] == 0 and proxy.accepted == connections
+    assert watcher.staleness() < 0.6
