@@ -79,6 +79,9 @@ class ConfigWatcher:
         self._apply_lock = threading.Lock()
         # One request at a time runs the staleness check; the others wait for it.
         self._check_lock = threading.Lock()
+        # After a failed check, none before this time: an etcd outage must not cost
+        # every request a check's deadline.
+        self._next_check_at = 0.0
         self.started_at = clock()
         self.connected = False
         self.last_contact: float | None = None
@@ -261,13 +264,14 @@ class ConfigWatcher:
         one comparison. After a freeze (CPU throttled between requests) or a silent
         drop, one request asks etcd directly with a short deadline and catches up.
         """
-        if self.staleness() <= self.settings.staleness:
+        if self.staleness() <= self.settings.staleness or self._clock() < self._next_check_at:
             return self.store.current
         if not self._check_lock.acquire(timeout=self.settings.check_timeout):
             return self.store.current
         try:
-            if self.staleness() > self.settings.staleness:
-                self.check_now()
+            if self.staleness() > self.settings.staleness and self._clock() >= self._next_check_at:
+                if not self.check_now() and self.staleness() > self.settings.staleness:
+                    self._next_check_at = self._clock() + min(self.settings.staleness, 1.0)
         finally:
             self._check_lock.release()
         return self.store.current

@@ -75,6 +75,13 @@ def test_unreachable_etcd_keeps_last_good_snapshot_and_reports_stale(etcd, proxy
     assert snapshot[RATE_LIMIT] == 34
     status = watcher.status()
     assert status["stale"] is True and status["connected"] is False
+    # While etcd stays unreachable, the next requests do not each pay a check's deadline.
+    checks = watcher.counters["checks"]
+    started = time.monotonic()
+    for _ in range(100):
+        assert watcher.ensure_fresh()[RATE_LIMIT] == 34
+    assert time.monotonic() - started < 0.5
+    assert watcher.counters["checks"] == checks
 
 
 class Writer(threading.Thread):
