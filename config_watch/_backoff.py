@@ -27,7 +27,8 @@ class Backoff:
         self.attempts = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * self.factor ** self.attempts)
+        # The exponent stops growing long after the cap is reached, so it never overflows.
+        ceiling = min(self.cap, self.base * self.factor ** min(self.attempts, 64))
         self.attempts += 1
         return self._rand.uniform(0, ceiling)
 

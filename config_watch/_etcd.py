@@ -18,55 +18,20 @@ from typing import Iterator
 import grpc
 from pyetcd import etcdrpc
 
+from ._errors import (  # noqa: F401  (re-exported: the adapter's error kinds)
+    AuthError,
+    Compacted,
+    ConfigurationError,
+    EtcdError,
+    Unavailable,
+    covering_range,
+    prefix_range_end,
+    read_file,
+)
 from ._model import Event, KeyValue, WatchBatch
 from ._settings import Endpoint, Settings
 
 log = logging.getLogger(__name__)
-
-
-class EtcdError(Exception):
-    """Base of every error the adapter raises."""
-
-
-class Unavailable(EtcdError):
-    """No answer from this endpoint (down, cut, stalled, no leader): try again, maybe elsewhere."""
-
-
-class Compacted(EtcdError):
-    """The revision asked for was compacted: list again."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (etcd keeps history from {compact_revision})")
-        self.compact_revision = compact_revision
-
-
-class AuthError(EtcdError):
-    """Credentials refused or permission denied: retrying soon will not help."""
-
-
-class ConfigurationError(EtcdError):
-    """TLS files missing or unreadable."""
-
-
-def prefix_range_end(prefix: bytes) -> bytes:
-    """etcd's range end for every key starting with `prefix`."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
-
-
-def covering_range(prefixes: list[str]) -> tuple[bytes, bytes]:
-    """One key range that holds every prefix.
-
-    One range means one watch, and etcd delivers every event of a revision in one
-    response of one watch, so a transaction touching the service's keys and the
-    global keys arrives whole. Keys in between are filtered out by the caller.
-    """
-    encoded = sorted(p.encode() for p in prefixes)
-    return encoded[0], max(prefix_range_end(p) for p in encoded)
 
 
 # How much of a gRPC error's message a log line repeats.
@@ -107,14 +72,6 @@ def classify(err: grpc.RpcError) -> EtcdError:
     return EtcdError(f"{code.name if code else 'error'}: {details}")
 
 
-def _read(path: str, name: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigurationError(f"{name}: cannot read {path}: {exc.strerror}") from None
-
-
 class EtcdClient:
     """A connection to one of the configured endpoints at a time.
 
@@ -122,10 +79,10 @@ class EtcdClient:
     Not thread-safe for rotation; list and watch may run from any thread.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, index: int = 0) -> None:
         self._settings = settings
         self._endpoints: tuple[Endpoint, ...] = settings.endpoints
-        self._index = 0
+        self._index = index % len(self._endpoints)
         self._channel: grpc.Channel | None = None
         self._token: str | None = None
         self._lock = threading.Lock()
@@ -134,9 +91,9 @@ class EtcdClient:
     def _channel_credentials(self) -> grpc.ChannelCredentials:
         s = self._settings
         return grpc.ssl_channel_credentials(
-            root_certificates=_read(s.cacert, "ETCD_CACERT") if s.cacert else None,
-            private_key=_read(s.key, "ETCD_KEY") if s.key else None,
-            certificate_chain=_read(s.cert, "ETCD_CERT") if s.cert else None,
+            root_certificates=read_file(s.cacert, "ETCD_CACERT") if s.cacert else None,
+            private_key=read_file(s.key, "ETCD_KEY") if s.key else None,
+            certificate_chain=read_file(s.cert, "ETCD_CERT") if s.cert else None,
         )
 
     @property
@@ -172,6 +129,11 @@ class EtcdClient:
                     self._channel = grpc.insecure_channel(target, options=self._options())
                 self._token = None
             return self._channel
+
+    def select(self, index: int) -> None:
+        """Use endpoint `index` from the next call on."""
+        self.close()
+        self._index = index % len(self._endpoints)
 
     def rotate(self) -> Endpoint:
         """Drop the connection and move to the next endpoint."""
@@ -277,8 +239,11 @@ class WatchStream:
         create = etcdrpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
         self._requests.put(etcdrpc.WatchRequest(create_request=create))
         self._call = stub.Watch(self._request_iter(), metadata=metadata)
-        self._reader = threading.Thread(target=self._read, name="config-watch-reader", daemon=True)
-        self._reader.start()
+        # Set before the first get(): the reader then applies events itself, one thread
+        # hop less between etcd and the snapshot (hops cost most when request threads
+        # hold the interpreter lock).
+        self.on_events = None
+        self._reader: threading.Thread | None = None
 
     def _request_iter(self) -> Iterator:
         while True:
@@ -290,11 +255,20 @@ class WatchStream:
     def _read(self) -> None:
         try:
             for response in self._call:
-                self._responses.put(response)
+                try:
+                    batch = self._batch(response)
+                except EtcdError as err:
+                    self._responses.put(err)
+                    return
+                if batch.events and self.on_events is not None:
+                    self.on_events(batch.events)
+                    batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
+                self._responses.put(batch)
             self._responses.put(Unavailable("watch stream ended by the server"))
         except grpc.RpcError as err:
             self._responses.put(classify(err))
         except Exception as exc:  # never let the reader die silently
+            log.exception("watch reader failed")
             self._responses.put(EtcdError(f"watch reader failed: {exc!r}"))
 
     def request_progress(self) -> None:
@@ -304,6 +278,9 @@ class WatchStream:
 
     def get(self, timeout: float) -> WatchBatch | None:
         """The next batch, None after `timeout` of silence, or an EtcdError raised."""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read, name="config-watch-reader", daemon=True)
+            self._reader.start()
         try:
             item = self._responses.get(timeout=timeout)
         except queue.Empty:
@@ -312,7 +289,7 @@ class WatchStream:
             if self._closed and isinstance(item, Unavailable):
                 raise Unavailable("watch stream closed")
             raise item
-        return self._batch(item)
+        return item
 
     @staticmethod
     def _batch(resp) -> WatchBatch:
@@ -350,42 +327,3 @@ def wait_ready(client: EtcdClient, timeout: float) -> None:
                 raise
             time.sleep(0.05)
 
-
-class EtcdSource:
-    """The lister-watcher the watch loop uses: one key range, one etcd connection.
-
-    `check` opens a connection of its own for each call: it runs when the watch has
-    gone quiet, which is exactly when the watch's connection may be silently dead.
-    """
-
-    def __init__(self, settings: Settings, prefixes: list[str]) -> None:
-        self._settings = settings
-        self._client = EtcdClient(settings)
-        self._start, self._end = covering_range(prefixes)
-
-    @property
-    def endpoint(self) -> str:
-        return str(self._client.endpoint)
-
-    def list(self, timeout: float) -> tuple[int, list[KeyValue]]:
-        return self._client.list_range(self._start, self._end, timeout)
-
-    def watch(self, start_revision: int) -> WatchStream:
-        return self._client.watch(self._start, self._end, start_revision)
-
-    def check(self, timeout: float) -> tuple[int, list[KeyValue]]:
-        client = EtcdClient(self._settings)
-        client._index = self._client._index
-        try:
-            return client.list_range(self._start, self._end, timeout)
-        finally:
-            client.close()
-
-    def rotate(self) -> str:
-        return str(self._client.rotate())
-
-    def reconnect(self) -> None:
-        self._client.close()
-
-    def close(self) -> None:
-        self._client.close()

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Mapping
 
-from ._etcd import EtcdSource
+from ._source import EtcdSource
 from ._logging import configure_logging
 from ._schema import GLOBAL_PREFIX, service_prefix
 from ._settings import Settings

@@ -5,9 +5,14 @@ Every setting is listed in README.md (Configuration settings) with its default.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
+
+
+# A day: longer than any sensible bound, far below what timers and sockets accept.
+_MAX_SECONDS = 86_400.0
 
 
 class SettingsError(ValueError):
@@ -47,7 +52,7 @@ def parse_endpoints(text: str) -> tuple[Endpoint, ...]:
             host, _, port = item[1:].partition("]:")
         else:
             host, _, port = item.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise SettingsError(f"ETCD_ENDPOINTS: expected host:port, got {item!r}")
         endpoints.append(Endpoint(host, int(port), secure))
     if not endpoints:
@@ -65,6 +70,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
     if not value >= minimum:  # also rejects NaN
         raise SettingsError(f"{name}: must be >= {minimum}, got {raw!r}")
+    if not math.isfinite(value) or value > _MAX_SECONDS:
+        raise SettingsError(f"{name}: must be at most {_MAX_SECONDS:.0f} seconds, got {raw!r}")
     return value
 
 

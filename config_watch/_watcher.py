@@ -16,7 +16,7 @@ import time
 from typing import Callable, Protocol, Sequence
 
 from ._backoff import Backoff
-from ._etcd import AuthError, Compacted, EtcdError, Unavailable
+from ._errors import AuthError, Compacted, EtcdError, Unavailable
 from ._model import Event, KeyValue, WatchBatch
 from ._settings import Settings
 from ._snapshot import Rejection, Snapshot, SnapshotStore
@@ -131,7 +131,11 @@ class ConfigWatcher:
                 if self._source is not None:
                     self._source.reconnect()
             except Exception as err:  # each kind is handled; the loop never dies
-                self._handle_error(err)
+                try:
+                    self._handle_error(err)
+                except Exception:
+                    log.exception("watch loop error handler failed; retrying in 1 s")
+                    self._stop.wait(1.0)
 
     def list_and_watch(self) -> None:
         if self._source is None:
@@ -167,10 +171,16 @@ class ConfigWatcher:
     def watch(self) -> None:
         start = self.relist_revision()
         stream = self._source.watch(start)
+        if hasattr(stream, "on_events"):
+            # Applied on the stream's own reader thread (looked up per call, so a
+            # wrapper installed on the instance sees every event).
+            stream.on_events = lambda events: self.apply(events)
         self._stream = stream
         try:
             if self._stop.is_set():
                 return
+            if self._restart_requested:  # asked for while this stream was being opened
+                raise _Restart()
             self.handle_watch(stream)
         finally:
             self._stream = None

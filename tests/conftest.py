@@ -8,7 +8,7 @@ import pytest
 
 import config_watch
 from config_watch import ConfigWatcher, Settings, service_prefix, GLOBAL_PREFIX
-from config_watch._etcd import EtcdSource
+from config_watch._source import EtcdSource
 from tools.etcd_server import EtcdServer
 from tools.tcp_proxy import TcpProxy
 

@@ -17,7 +17,8 @@ import urllib.request
 
 from config_watch import GLOBAL_PREFIX, RATE_LIMIT, ConfigWatcher, Settings, service_prefix
 from config_watch import EtcdError
-from config_watch._etcd import EtcdClient, EtcdSource
+from config_watch._etcd import EtcdClient
+from config_watch._source import EtcdSource
 from tools.etcd_server import EtcdCluster, EtcdServer
 from tools.function_server import FunctionServer
 from tools.tcp_proxy import TcpProxy

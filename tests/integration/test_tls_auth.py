@@ -20,7 +20,8 @@ GATEWAY_PASSWORD = "gateway-secret"
 
 @pytest.fixture
 def secure_etcd(tmp_path):
-    tls = make_tls_material(tmp_path / "pki", client_names=("root", "gateway"))
+    # "function": the gateway's certificate as Terraform makes it, with no Common Name.
+    tls = make_tls_material(tmp_path / "pki", client_names=("root", "gateway"), no_cn_clients=("function",))
     server = EtcdServer(data_dir=str(tmp_path / "etcd-data"), tls=tls.etcd_tls(client="root"),
                         log_path=str(tmp_path / "etcd.log"))
     server.start()
@@ -40,12 +41,12 @@ def secure_etcd(tmp_path):
         server.close()
 
 
-def gateway_env(server, tls, **overrides) -> dict[str, str]:
+def gateway_env(server, tls, cert="function", **overrides) -> dict[str, str]:
     env = {
         "ETCD_ENDPOINTS": f"https://127.0.0.1:{server.client_port}",
         "ETCD_CACERT": tls.ca_cert,
-        "ETCD_CERT": tls.clients["gateway"].cert,
-        "ETCD_KEY": tls.clients["gateway"].key,
+        "ETCD_CERT": tls.clients[cert].cert,
+        "ETCD_KEY": tls.clients[cert].key,
         "ETCD_USERNAME": "gateway",
         "ETCD_PASSWORD": GATEWAY_PASSWORD,
         "CONFIG_INITIAL_WAIT_SECONDS": "3",
@@ -61,9 +62,11 @@ def client_for(env: dict[str, str], monkeypatch):
     return app.test_client()
 
 
-def test_gateway_reads_config_over_tls_with_auth(secure_etcd, tmp_path):
+@pytest.mark.parametrize("cert", ["function", "gateway"])
+def test_gateway_reads_config_over_tls_with_auth(secure_etcd, tmp_path, cert):
+    """With a CN-less certificate the first list uses the JSON gateway; with a CN one, gRPC."""
     server, tls = secure_etcd
-    with FunctionServer(gateway_env(server, tls), workers=1, log_path=str(tmp_path / "fn.log")) as fn:
+    with FunctionServer(gateway_env(server, tls, cert=cert), workers=1, log_path=str(tmp_path / "fn.log")) as fn:
         import requests
 
         response = requests.get(fn.url + "/", timeout=10)
@@ -72,6 +75,8 @@ def test_gateway_reads_config_over_tls_with_auth(secure_etcd, tmp_path):
         server.etcdctl("--user=root:root-secret", "put", RATE_LIMIT, "62")
         wait_until(lambda: requests.get(fn.url + "/", timeout=10).headers["RateLimit-Limit"] == "62", 10,
                    message="watch over TLS delivers changes")
+    log = (tmp_path / "fn.log").read_text()
+    assert ("JSON gateway refused" in log) is (cert == "gateway"), log[-2000:]
 
 
 def test_gateway_credentials_cannot_write(secure_etcd):
@@ -110,7 +115,7 @@ def test_wrong_certificate_is_reported_without_crashing(secure_etcd, monkeypatch
     assert client.get("/").status_code == 200
     status = wait_until(lambda: (s := client.get("/_status").json)["last_error"] and s, 5)
     assert status["synced"] is False and status["connected"] is False
-    assert "Unavailable" in status["last_error"] and "handshake failed" in status["last_error"].lower()
+    assert "Unavailable" in status["last_error"] and "certificate" in status["last_error"].lower()
 
 
 def test_missing_certificate_file_is_reported_without_crashing(secure_etcd, monkeypatch, tmp_path):

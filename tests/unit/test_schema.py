@@ -1,0 +1,200 @@
+"""The schema: parsing and bounds of every key, feature-family matching, the JSON export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config_watch import (
+    FEATURES,
+    GLOBAL_PREFIX,
+    MAINTENANCE_MODE,
+    RATE_LIMIT,
+    RATE_LIMIT_BURST,
+    SCHEMA,
+    THREADS,
+    InvalidValue,
+    Snapshot,
+    service_prefix,
+)
+from config_watch._model import KeyValue
+
+REPO = Path(__file__).resolve().parents[2]
+INT_KEYS = [RATE_LIMIT, RATE_LIMIT_BURST, THREADS]
+BOOL_KEYS = [MAINTENANCE_MODE, FEATURES + "new-user-onboarding"]
+
+
+def spec(key: str):
+    found = SCHEMA.spec_for(key)
+    assert found is not None, key
+    return found
+
+
+# --- ints ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_int_parses_decimal_with_whitespace_stripped(key):
+    s = spec(key)
+    assert s.parse(f"  {s.minimum + 1}\n\t".encode()) == s.minimum + 1
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_int_accepts_explicit_plus_sign(key):
+    s = spec(key)
+    assert s.parse(f"+{s.maximum}".encode()) == s.maximum
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_int_accepts_both_bounds(key):
+    s = spec(key)
+    assert s.parse(str(s.minimum).encode()) == s.minimum
+    assert s.parse(str(s.maximum).encode()) == s.maximum
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_int_below_minimum_is_rejected(key):
+    s = spec(key)
+    with pytest.raises(InvalidValue, match="below minimum"):
+        s.parse(str(s.minimum - 1).encode())
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_int_above_maximum_is_rejected(key):
+    s = spec(key)
+    with pytest.raises(InvalidValue, match="above maximum"):
+        s.parse(str(s.maximum + 1).encode())
+
+
+def test_negative_rate_limit_is_rejected():
+    with pytest.raises(InvalidValue):
+        spec(RATE_LIMIT).parse(b"-1")
+
+
+def test_minus_zero_rate_limit_is_zero():
+    assert spec(RATE_LIMIT).parse(b"-0") == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"1e3", b"0x10", b"", b"   ", b"1.5", b"10.0", b"1_000", b"ten", b"++5", b"+-5", b"5 5", b"5\x00",
+     b"inf", b"NaN", "\uff15".encode(), "\u0661\u0662".encode(), b"--1"],
+    ids=repr,
+)
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_int_rejects_non_integers(key, raw):
+    with pytest.raises(InvalidValue, match="integer"):
+        spec(key).parse(raw)
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_int_rejects_overly_long_digit_strings(key):
+    # Leading zeros keep the value in bounds: only the length can reject it.
+    with pytest.raises(InvalidValue):
+        spec(key).parse(b"0" * 100 + b"5")
+    with pytest.raises(InvalidValue):
+        spec(key).parse(b"9" * 100_000)
+
+
+@pytest.mark.parametrize("key", INT_KEYS + BOOL_KEYS)
+def test_invalid_utf8_is_rejected(key):
+    with pytest.raises(InvalidValue, match="UTF-8"):
+        spec(key).parse(b"\xff\xfe1")
+
+
+# --- bools ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+@pytest.mark.parametrize("raw,expected", [(b"true", True), (b"TRUE", True), (b"True", True), (b" tRuE \n", True),
+                                          (b"false", False), (b"FALSE", False), (b"\tFalse ", False)])
+def test_bool_accepts_true_false_in_any_case(key, raw, expected):
+    assert spec(key).parse(raw) is expected
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+@pytest.mark.parametrize("raw", [b"yes", b"no", b"1", b"0", b"on", b"off", b"", b"t", b"f", b"truee", b"true false"])
+def test_bool_rejects_anything_but_true_or_false(key, raw):
+    with pytest.raises(InvalidValue, match="true or false"):
+        spec(key).parse(raw)
+
+
+@pytest.mark.parametrize("key", INT_KEYS + BOOL_KEYS)
+def test_format_is_canonical_and_parses_back(key):
+    s = spec(key)
+    value = True if s.type == "bool" else s.maximum
+    text = s.format(value)
+    assert text == ("true" if s.type == "bool" else str(s.maximum))
+    assert s.parse(text.encode()) == value
+
+
+# --- look-ups ------------------------------------------------------------------------
+
+
+def test_feature_family_matches_one_level_names():
+    s = SCHEMA.spec_for(FEATURES + "new-user-onboarding")
+    assert s is not None and s.family and s.type == "bool"
+    assert s.matches(FEATURES + "x")
+
+
+@pytest.mark.parametrize("key", [FEATURES + "a/b", FEATURES, FEATURES[:-1], FEATURES + "a/"])
+def test_feature_family_does_not_match_nested_or_bare_prefix(key):
+    assert SCHEMA.spec_for(key) is None
+
+
+@pytest.mark.parametrize("key", [RATE_LIMIT + "x", RATE_LIMIT + "/", "/config/global/other", "rate-limit", ""])
+def test_unknown_keys_have_no_spec(key):
+    assert SCHEMA.spec_for(key) is None
+
+
+def test_exact_keys_resolve_to_their_own_spec():
+    for key in [RATE_LIMIT, RATE_LIMIT_BURST, THREADS, MAINTENANCE_MODE]:
+        assert SCHEMA.spec_for(key).path == key
+
+
+def test_schema_defaults():
+    assert spec(RATE_LIMIT).default == 100
+    assert spec(THREADS).default == 4
+    assert spec(MAINTENANCE_MODE).default is False
+    assert spec(FEATURES + "anything").default is False
+
+
+def test_rate_limit_burst_defaults_to_the_rate_limit():
+    prefixes = [service_prefix("api-gateway"), GLOBAL_PREFIX]
+    snap = Snapshot.defaults(prefixes)
+    assert snap[RATE_LIMIT_BURST] == snap[RATE_LIMIT] == 100
+    listed, rejections = snap.relisted(5, [KeyValue(RATE_LIMIT, b"42", 5)])
+    assert rejections == []
+    assert listed[RATE_LIMIT_BURST] == 42
+    explicit, _ = snap.relisted(6, [KeyValue(RATE_LIMIT, b"42", 5), KeyValue(RATE_LIMIT_BURST, b"7", 6)])
+    assert explicit[RATE_LIMIT_BURST] == 7
+
+
+# --- the JSON export -----------------------------------------------------------------
+
+
+def test_schema_command_prints_every_key_as_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "config_watch", "schema"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    exported = json.loads(out.stdout)
+    keys = {entry["key"]: entry for entry in exported["keys"]}
+    assert set(keys) == {s.path + ("<name>" if s.family else "") for s in SCHEMA.specs}
+    for s in SCHEMA.specs:
+        entry = keys[s.path + ("<name>" if s.family else "")]
+        assert entry["type"] == s.type
+        assert entry["family"] == s.family
+        if s.default_from:
+            assert entry["default_from"] == s.default_from
+        else:
+            assert entry["default"] == s.default
+        if s.type == "int":
+            assert (entry["minimum"], entry["maximum"]) == (s.minimum, s.maximum)
+    assert keys[RATE_LIMIT]["default"] == 100
+    assert keys[THREADS]["minimum"] == 1 and keys[THREADS]["maximum"] == 256
+    assert keys[RATE_LIMIT_BURST]["default_from"] == RATE_LIMIT
