@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -24,6 +25,13 @@ def _clean_globals():
     config_watch.reset_runtime()
     os.environ.clear()
     os.environ.update(saved)
+    # The runtime's log handler holds the stdout of this test's capture: drop it.
+    from config_watch import _logging
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_config_watch", False)]:
+        root.removeHandler(handler)
+    _logging._configured = False
 
 
 @pytest.fixture
