@@ -1,19 +1,21 @@
-"""Plain values passed between the etcd adapter and the rest of the library."""
+"""Plain values passed between the etcd adapter and the rest of the library.
+
+Named tuples rather than dataclasses: every class here is built at import, and
+import time is cold-start time for a function.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
+class KeyValue(NamedTuple):
     key: str
     value: bytes
     mod_revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One change of one key. `value` is empty for a delete."""
 
     kind: str  # "put" or "delete"
@@ -22,8 +24,7 @@ class Event:
     mod_revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class WatchBatch:
+class WatchBatch(NamedTuple):
     """One response of the watch stream.
 
     `events` hold whole revisions only (etcd never splits a revision across

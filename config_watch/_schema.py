@@ -7,8 +7,7 @@ export (`python -m config_watch schema`) all read `SCHEMA`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 ROOT = "/config/"
 GLOBAL_PREFIX = "/config/global/"
@@ -27,8 +26,7 @@ def service_prefix(service: str) -> str:
     return f"{ROOT}services/{service}/"
 
 
-@dataclass(frozen=True)
-class KeySpec:
+class KeySpec(NamedTuple):
     """One key (or, with `family=True`, every key under `path`)."""
 
     path: str

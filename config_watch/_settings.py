@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 
 # A day: longer than any sensible bound, far below what timers and sockets accept.
@@ -19,8 +18,7 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     host: str
     port: int
     secure: bool | None  # None: scheme not given, TLS decided by ETCD_CACERT
@@ -93,17 +91,16 @@ def _path(env: Mapping[str, str], name: str) -> str | None:
     return raw or None
 
 
-@dataclass(frozen=True)
-class Settings:
-    endpoints: tuple[Endpoint, ...] = field(
-        default_factory=lambda: parse_endpoints("127.0.0.1:2379")
-    )
+class Settings(NamedTuple):
+    """Every setting, typed. A named tuple: immutable, and cheap to define at import."""
+
+    endpoints: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 2379, None),)
     service: str = "api-gateway"
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None
     # How long a cold start waits for the first list before serving defaults.
     initial_wait: float = 0.5
     # A request that finds the last word from etcd older than this checks etcd first.
@@ -121,6 +118,10 @@ class Settings:
     trusted_proxy_hops: int = 0
     max_clients: int = 100_000
     log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        shown = self._replace(password="***" if self.password else None)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, shown)) + ")"
 
     @property
     def secure(self) -> bool:

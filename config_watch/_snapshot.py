@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from ._model import Event, KeyValue
 from ._schema import FEATURES, SCHEMA, InvalidValue, Schema
@@ -22,14 +21,12 @@ log = logging.getLogger(__name__)
 _PREVIEW_BYTES = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     value: int | bool
     mod_revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     key: str
     value_preview: str
     revision: int

@@ -10,12 +10,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     limit: int  # requests per minute
     remaining: int  # whole tokens left after this request
