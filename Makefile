@@ -27,8 +27,9 @@ chaos: $(STAMP)
 	$(PY) -m tools.chaos
 	$(PY) -m tools.fault_figures
 
-smoke: $(STAMP)
-	bash scripts/smoke.sh
+# Against a deployed function: make smoke URL=https://... (or FUNCTION_URL=...).
+smoke:
+	bash scripts/smoke.sh $(URL)
 
 schema: $(STAMP)
 	$(PY) -m config_watch schema

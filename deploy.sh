@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deploys the API gateway as a gen2 Cloud Function that reaches etcd over a private
 # VPC path with TLS client certificates and credentials from Secret Manager.
-# `./deploy.sh --help` lists the settings; docs/DEPLOY.md explains them.
+# `./deploy.sh --help` lists the settings; README.md ("Deploy") explains them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -195,7 +195,7 @@ resource "google_cloud_run_service_iam_member" "invoker" {
 
 # CPU outside requests is a setting of the underlying Cloud Run service that the
 # functions API does not expose, so it is applied with gcloud after every function
-# update (needs gcloud where Terraform runs). Trade-off: docs/DEPLOY.md.
+# update (needs gcloud where Terraform runs). Trade-off: README.md ("Deploy").
 resource "terraform_data" "cpu_always_allocated" {
   count = var.cpu_always_allocated ? 1 : 0
 

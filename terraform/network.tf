@@ -23,7 +23,7 @@ resource "google_compute_subnetwork" "config" {
 
 # The function's egress: a Serverless VPC Access connector on its own /28. Its range is
 # the only source the etcd firewall rule admits. (Why a connector and not Direct VPC
-# egress: docs/DEPLOY.md.)
+# egress: README.md ("Deploy").)
 resource "google_vpc_access_connector" "config" {
   name          = var.connector_name
   region        = var.region

@@ -3,7 +3,7 @@
 # password as a secret environment variable).
 #
 # These values are also in the Terraform state: keep the state in a bucket only the
-# operators can read (docs/DEPLOY.md, "Security model").
+# operators can read (README.md, "Security model").
 
 locals {
   secret_prefix = var.etcd_instance_name

@@ -181,6 +181,9 @@ ROWS = [
 
 
 def main() -> int:
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)  # the watcher's reconnect warnings are the faults working
     tempfile.tempdir = tempfile.mkdtemp(prefix="fault-figures-")
     print("| fault | detected by | bound | detection | catch-up |")
     print("|---|---|---|---|---|")

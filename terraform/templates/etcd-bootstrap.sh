@@ -8,7 +8,7 @@
 #       settings; the certificate must be root's (CN=root): once auth is on, etcd
 #       takes the certificate's CN as the user.
 #   ETCD_ROOT_PASSWORD, ETCD_GATEWAY_PASSWORD, ETCD_OPERATOR_PASSWORD   set when a
-#       user is created; an existing user's password is left alone (see docs/DEPLOY.md
+#       user is created; an existing user's password is left alone (see README.md ("Deploy")
 #       for rotation).
 #   ETCD_GATEWAY_USER (gateway), ETCD_OPERATOR_USER (operator), CONFIG_PREFIX (/config/),
 #   ETCDCTL (etcdctl): optional.
