@@ -38,6 +38,8 @@ class ChaosReport:
     write_errors: int
     faults: Counter
     max_lag_seconds: float
+    lag_p50_seconds: float
+    lag_p99_seconds: float
     final_catch_up_seconds: float
     updates_lost: int
     revisions_went_backwards: int
@@ -54,7 +56,8 @@ class ChaosReport:
             f"duration            : {self.seconds:.1f} s",
             f"changes made        : {self.changes} writes acknowledged ({self.write_errors} refused during faults, retried)",
             f"faults injected     : {sum(self.faults.values())} ({faults})",
-            f"longest lag         : {self.max_lag_seconds * 1000:.0f} ms (write acknowledged -> snapshot at or past it)",
+            f"longest lag         : {self.max_lag_seconds * 1000:.0f} ms (write acknowledged -> snapshot at or past it;"
+            f" p50 {self.lag_p50_seconds * 1000:.1f} ms, p99 {self.lag_p99_seconds * 1000:.0f} ms)",
             f"final catch-up      : {self.final_catch_up_seconds * 1000:.0f} ms (all healed -> snapshot equals etcd)",
             f"revisions backwards : {self.revisions_went_backwards}",
             f"updates lost        : {self.updates_lost}",
@@ -211,16 +214,21 @@ def run_chaos(seconds: float = 60.0, min_changes: int = 1000, seed: int | None =
         if current.revision < final_revision:
             mismatches.append(("revision", final_revision, current.revision))
         backwards = sum(1 for a, b in zip(publishes, publishes[1:]) if b[0] < a[0])
-        max_lag = 0.0
-        for revision, acked in writer.acks:
-            seen = next((t for r, t in publishes if r >= revision), None)
-            lag = (seen if seen is not None else time.monotonic()) - acked
-            max_lag = max(max_lag, lag)
+        lags = []
+        i = 0  # acks and publishes are both in revision order: one pass over each
+        for revision, acked in sorted(writer.acks):
+            while i < len(publishes) and publishes[i][0] < revision:
+                i += 1
+            seen = publishes[i][1] if i < len(publishes) else time.monotonic()
+            lags.append(max(0.0, seen - acked))
+        lags.sort()
+        max_lag = lags[-1] if lags else 0.0
         if driver.errors:
             log(f"chaos: {len(driver.errors)} faults could not be injected: {driver.errors[:3]}")
         return ChaosReport(
             seconds=elapsed, changes=len(writer.acks), write_errors=writer.errors, faults=driver.faults,
-            max_lag_seconds=max_lag, final_catch_up_seconds=catch_up, updates_lost=len(mismatches),
+            max_lag_seconds=max_lag, lag_p50_seconds=lags[len(lags) // 2] if lags else 0.0,
+            lag_p99_seconds=lags[int(len(lags) * 0.99)] if lags else 0.0, final_catch_up_seconds=catch_up, updates_lost=len(mismatches),
             revisions_went_backwards=backwards, final_revision=final_revision, mismatches=mismatches,
         )
     finally:
