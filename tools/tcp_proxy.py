@@ -71,6 +71,10 @@ class TcpProxy:
                 continue
             conn = _Conn(client, upstream)
             with self._lock:
+                # A cut that came while this connection was being made covers it too.
+                if self._refusing:
+                    conn.close()
+                    continue
                 self._conns.append(conn)
                 self.accepted += 1
             for src, dst in ((client, upstream), (upstream, client)):
@@ -91,8 +95,8 @@ class TcpProxy:
             conn.close()
 
     def cut(self) -> None:
-        self._refusing = True
         with self._lock:
+            self._refusing = True
             conns, self._conns = self._conns, []
         for c in conns:
             c.close()
