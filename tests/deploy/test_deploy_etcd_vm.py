@@ -88,7 +88,9 @@ class Cluster:
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("etcd-vm")
     pki = work / "pki"
-    tls = make_tls_material(pki, client_names=("root", "gateway", "operator", "stranger"))
+    # "function": the function's certificate as Terraform issues it, with no Common Name.
+    tls = make_tls_material(pki, client_names=("root", "gateway", "operator", "stranger"),
+                            no_cn_clients=("function",))
     rendered = render_startup_script(pki_dir=str(pki))
     flags = flags_via_etcd_run(rendered, work)
     bootstrap = work / "etcd-bootstrap"
@@ -184,3 +186,33 @@ def test_bootstrap_refuses_to_run_without_passwords(tmp_path):
                             capture_output=True, text=True, timeout=10)
     assert result.returncode != 0
     assert "ETCD_GATEWAY_PASSWORD" in result.stderr
+
+
+def test_the_function_reads_its_config_from_the_vm_etcd_and_cannot_write(cluster, tmp_path):
+    """The gateway itself, under functions-framework, with the settings Terraform gives it."""
+    import requests
+
+    from config_watch import AuthError, Settings
+    from config_watch._etcd import EtcdClient
+    from tools.function_server import FunctionServer
+
+    assert cluster.etcdctl("operator", "put", "/config/services/api-gateway/rate-limit", "321").returncode == 0
+    env = {
+        "ETCD_ENDPOINTS": cluster.server.client_url,
+        "ETCD_CACERT": cluster.tls.ca_cert,
+        "ETCD_CERT": cluster.tls.clients["function"].cert,
+        "ETCD_KEY": cluster.tls.clients["function"].key,
+        "ETCD_USERNAME": "gateway",
+        "ETCD_PASSWORD": PASSWORDS["ETCD_GATEWAY_PASSWORD"],
+        "CONFIG_INITIAL_WAIT_SECONDS": "3",
+    }
+    with FunctionServer(env, workers=1, log_path=str(tmp_path / "fn.log")) as fn:
+        response = requests.get(fn.url + "/", timeout=10)
+        assert response.status_code == 200 and response.headers["RateLimit-Limit"] == "321"
+        assert requests.get(fn.url + "/_status", timeout=10).json()["synced"] is True
+    client = EtcdClient(Settings.from_env(env))
+    try:
+        with pytest.raises(AuthError, match="permission denied"):
+            client.put("/config/services/api-gateway/rate-limit", "1", timeout=5)
+    finally:
+        client.close()
