@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Iterator
 
 import grpc
@@ -313,17 +312,4 @@ class WatchStream:
         self._closed = True
         self._requests.put(None)
         self._call.cancel()
-
-
-def wait_ready(client: EtcdClient, timeout: float) -> None:
-    """Block until the current endpoint answers a list (used by tools, not the loop)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.list_range(b"\0", b"\0", timeout=min(1.0, timeout))
-            return
-        except EtcdError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
