@@ -23,6 +23,8 @@ log = logging.getLogger("main")
 
 # Seconds a client is told to wait before retrying during maintenance.
 MAINTENANCE_RETRY_AFTER = 60
+# The service whose keys this function reads (CONFIG_SERVICE must name it).
+GATEWAY_SERVICE = "api-gateway"
 # The feature flag that gates GET /onboarding.
 ONBOARDING_FEATURE = "new-user-onboarding"
 
@@ -65,6 +67,13 @@ def api_gateway(request: flask.Request) -> flask.Response:
     except config_watch.SettingsError as exc:
         log.error("gateway settings invalid: %s", exc)
         return _json({"error": f"gateway misconfigured: {exc}"}, 503, {"Retry-After": str(MAINTENANCE_RETRY_AFTER)})
+
+    if runtime.settings.service != GATEWAY_SERVICE:
+        # The gateway reads the api-gateway keys; watching another service's prefix
+        # would leave them at their defaults without a word.
+        log.error("CONFIG_SERVICE is %r; the gateway needs %r", runtime.settings.service, GATEWAY_SERVICE)
+        return _json({"error": f"gateway misconfigured: CONFIG_SERVICE must be {GATEWAY_SERVICE!r}"}, 503,
+                     {"Retry-After": str(MAINTENANCE_RETRY_AFTER)})
 
     if request.path == "/_status":
         return _json(runtime.status(), 200, {"Cache-Control": "no-store"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Iterator
 
 import grpc
@@ -185,7 +186,8 @@ class EtcdClient:
         resp = self._unary(
             "Range", etcdrpc.KVStub, etcdrpc.RangeRequest(key=start, range_end=end, revision=revision), timeout
         )
-        kvs = [KeyValue(kv.key.decode("utf-8", "replace"), bytes(kv.value), kv.mod_revision) for kv in resp.kvs]
+        kvs = [KeyValue(kv.key.decode("utf-8", "replace"), bytes(kv.value), kv.mod_revision, kv.create_revision)
+               for kv in resp.kvs]
         return resp.header.revision, kvs
 
     def put(self, key: str, value: str, timeout: float) -> int:
@@ -259,10 +261,11 @@ class WatchStream:
                 except EtcdError as err:
                     self._responses.put(err)
                     return
+                received_at = time.monotonic()
                 if batch.events and self.on_events is not None:
                     self.on_events(batch.events)
                     batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
-                self._responses.put(batch)
+                self._responses.put(batch._replace(received_at=received_at))
             self._responses.put(Unavailable("watch stream ended by the server"))
         except grpc.RpcError as err:
             self._responses.put(classify(err))

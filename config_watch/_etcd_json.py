@@ -71,8 +71,10 @@ class JsonGatewayClient:
             payload = json.loads(data) if data else {}
         except ValueError:
             text = data[:200].decode("utf-8", "replace").strip()
-            if response.status == 400 and "CommonName" in text:
-                raise GatewayRefused(text) from None
+            # A CN certificate under auth (400), or the gateway turned off (404): etcd
+            # itself is fine, only this transport is not, so lists move to gRPC.
+            if (response.status == 400 and "CommonName" in text) or response.status == 404:
+                raise GatewayRefused(f"HTTP {response.status}: {text}") from None
             raise Unavailable(f"{endpoint}: answer is not JSON (HTTP {response.status}): {text}") from None
         if response.status != 200:
             raise self._error(response.status, payload)
@@ -115,12 +117,16 @@ class JsonGatewayClient:
                     self._token = None
                     continue
                 raise
-        kvs = [
-            KeyValue(
-                base64.b64decode(kv["key"]).decode("utf-8", "replace"),
-                base64.b64decode(kv.get("value", "")),
-                int(kv.get("mod_revision", 0)),
-            )
-            for kv in payload.get("kvs", [])
-        ]
-        return int(payload["header"]["revision"]), kvs
+        try:
+            kvs = [
+                KeyValue(
+                    base64.b64decode(kv["key"]).decode("utf-8", "replace"),
+                    base64.b64decode(kv.get("value", "")),
+                    int(kv.get("mod_revision", 0)),
+                    int(kv.get("create_revision", 0)),
+                )
+                for kv in payload.get("kvs", [])
+            ]
+            return int(payload["header"]["revision"]), kvs
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # binascii.Error is a ValueError
+            raise Unavailable(f"{self._settings.endpoints[self.index]}: not an etcd range answer ({exc!r})") from None

@@ -13,6 +13,9 @@ class KeyValue(NamedTuple):
     key: str
     value: bytes
     mod_revision: int
+    # When this incarnation of the key was created (0: not known); a value seen
+    # before it belongs to a key since deleted.
+    create_revision: int = 0
 
 
 class Event(NamedTuple):
@@ -34,3 +37,6 @@ class WatchBatch(NamedTuple):
 
     header_revision: int
     events: tuple[Event, ...] = ()
+    # time.monotonic() when the stream received it (0: not known). A reply read late,
+    # after a freeze, must not count as a fresh word from etcd.
+    received_at: float = 0.0

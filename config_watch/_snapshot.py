@@ -155,7 +155,13 @@ class Snapshot:
             if not self.in_scope(kv.key):
                 continue
             previous = self.rejected.get(kv.key)
-            rejection = self._judge(kv.key, kv.value, kv.mod_revision, accepted, rejected, self.accepted)
+            # The last good value counts only if it belongs to this incarnation of the
+            # key: one from before a delete the list cannot show must not come back.
+            last_good = self.accepted
+            held = last_good.get(kv.key)
+            if held is not None and held.mod_revision < kv.create_revision:
+                last_good = {}
+            rejection = self._judge(kv.key, kv.value, kv.mod_revision, accepted, rejected, last_good)
             # A value already rejected at the same revision is not news.
             if rejection and not (previous and previous.revision == rejection.revision):
                 rejections.append(rejection)

@@ -128,8 +128,12 @@ class ConfigWatcher:
                 # Asked for by the staleness check: a new connection, no backoff.
                 self._restart_requested = False
                 self.connected = False
-                if self._source is not None:
-                    self._source.reconnect()
+                try:
+                    if self._source is not None:
+                        self._source.reconnect()
+                except Exception:
+                    log.exception("reconnect after a requested restart failed; retrying in 1 s")
+                    self._stop.wait(1.0)
             except Exception as err:  # each kind is handled; the loop never dies
                 try:
                     self._handle_error(err)
@@ -206,13 +210,16 @@ class ConfigWatcher:
                 stream.request_progress()
                 continue
             last_response = now
+            # When etcd's word arrived, not when this loop got round to it: a reply
+            # queued before a freeze is old news after it.
+            heard = min(now, batch.received_at) if getattr(batch, "received_at", 0.0) else now
             if not self.connected:
                 log.info("watching from revision %d", self.store.current.revision + 1,
                          extra={"json_fields": {"endpoint": self.endpoint}})
             self.connected = True
             self.last_error = None
             self._backoff.reset()
-            self._contact()
+            self._contact(heard)
             if batch.events:
                 self.apply(batch.events)
 
@@ -259,8 +266,10 @@ class ConfigWatcher:
 
     # --- request path --------------------------------------------------------------
 
-    def _contact(self) -> None:
-        self.last_contact = self._clock()
+    def _contact(self, at: float | None = None) -> None:
+        at = self._clock() if at is None else at
+        if self.last_contact is None or at > self.last_contact:
+            self.last_contact = at
 
     def staleness(self) -> float:
         """Seconds since the last word from etcd (since start if none yet)."""

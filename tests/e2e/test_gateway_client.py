@@ -166,3 +166,12 @@ def test_logs_carry_the_request_trace_on_google_cloud(etcd, monkeypatch, capfd):
     finally:
         monkeypatch.delenv("K_SERVICE")
         configure_logging("INFO", force=True)
+
+
+def test_gateway_refuses_to_serve_another_services_keys(etcd, monkeypatch):
+    monkeypatch.setenv("ETCD_ENDPOINTS", etcd.endpoint)
+    monkeypatch.setenv("CONFIG_SERVICE", "data-processor")
+    app = functions_framework.create_app(target="api_gateway", source=os.path.join(ROOT, "main.py"))
+    response = app.test_client().get("/", headers=key())
+    assert response.status_code == 503
+    assert "CONFIG_SERVICE" in response.json["error"]

@@ -197,3 +197,32 @@ def test_idle_healthy_stream_is_kept_alive_by_progress_requests(etcd, proxy, mak
     wait_until(lambda: watcher.last_contact - first_contact > 3 * 0.6, 10, message="progress answers")
     assert watcher.counters["reconnects"] == 0 and proxy.accepted == connections
     assert watcher.staleness() < 0.6
+
+
+def test_catch_up_after_a_missed_delete_does_not_resurrect_the_old_value(etcd, proxy, make_watcher):
+    from config_watch import MAINTENANCE_MODE
+
+    etcd.etcdctl("put", MAINTENANCE_MODE, "true")
+    watcher = make_watcher(proxy.endpoint, ETCD_DEAD_STREAM_SECONDS=60, ETCD_KEEPALIVE_SECONDS=60,
+                           CONFIG_STALENESS_SECONDS=0.5)
+    assert watcher.wait_synced(5) and watcher.store.current[MAINTENANCE_MODE] is True
+    wait_until(lambda: watcher.connected, 5)
+    proxy.stall()  # the watch misses what follows
+    etcd.etcdctl("del", MAINTENANCE_MODE)  # maintenance over
+    etcd.etcdctl("put", MAINTENANCE_MODE, "off")  # then a bad value
+    wait_until(lambda: watcher.staleness() > 0.5, 5)
+    snapshot = watcher.ensure_fresh()
+    assert snapshot.revision == etcd_revision(etcd)
+    assert snapshot[MAINTENANCE_MODE] is False
+
+
+def test_lists_fall_back_to_grpc_when_the_json_gateway_is_off(tmp_path, make_watcher):
+    from tools.etcd_server import EtcdServer
+
+    with EtcdServer(data_dir=str(tmp_path / "nogw"), extra_args=["--enable-grpc-gateway=false"]) as server:
+        server.etcdctl("put", RATE_LIMIT, "41")
+        watcher = make_watcher(server.endpoint)
+        assert watcher.wait_synced(5)
+        assert watcher.store.current[RATE_LIMIT] == 41
+        server.etcdctl("put", RATE_LIMIT, "42")
+        wait_until(lambda: watcher.store.current[RATE_LIMIT] == 42, 10, message="watch running")

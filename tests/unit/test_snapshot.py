@@ -234,3 +234,19 @@ def test_wait_for_returns_none_on_timeout():
 def test_wait_for_returns_at_once_when_already_true():
     first = at(1)
     assert SnapshotStore(first).wait_for(lambda s: s.revision == 1, timeout=0) is first
+
+
+def test_relist_does_not_bring_back_a_value_from_before_a_delete():
+    """Deleted, then recreated with a bad value: the list cannot show the delete, the
+    create revision can. The old incarnation's good value must not return."""
+    from config_watch import MAINTENANCE_MODE
+    from config_watch._model import KeyValue
+
+    snap, _ = Snapshot.defaults(PREFIXES).relisted(5, [KeyValue(MAINTENANCE_MODE, b"true", 5, 5)])
+    assert snap[MAINTENANCE_MODE] is True
+    relisted, rejections = snap.relisted(9, [KeyValue(MAINTENANCE_MODE, b"off", 9, 8)])
+    assert relisted[MAINTENANCE_MODE] is False  # the default, not the deleted "true"
+    assert [r.key for r in rejections] == [MAINTENANCE_MODE]
+    # The same bad value on the same incarnation keeps the last good value.
+    kept, _ = snap.relisted(9, [KeyValue(MAINTENANCE_MODE, b"off", 9, 5)])
+    assert kept[MAINTENANCE_MODE] is True
