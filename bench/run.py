@@ -22,7 +22,7 @@ Settings (flag, or environment variable; defaults meet the issue):
   --changes        BENCH_CHANGES            200   changes measured idle
   --load-changes   BENCH_LOAD_CHANGES       200   changes measured under load
   --seconds        BENCH_SECONDS            3     length of one throughput round
-  --rounds         BENCH_ROUNDS             6     throughput rounds per handler
+  --rounds         BENCH_ROUNDS             10    throughput rounds per handler
   --cold-starts    BENCH_COLD_STARTS        5     cold starts per handler (+1 discarded)
   --load-procs     BENCH_LOAD_PROCS         2     load-generator processes
   --load-conns     BENCH_LOAD_CONNS         8     keep-alive connections per process
@@ -139,7 +139,7 @@ class Config:
     changes: int = 200
     load_changes: int = 200
     seconds: float = 3.0
-    rounds: int = 6
+    rounds: int = 10  # the median of more alternating rounds resists a noisy neighbour
     cold_starts: int = 5
     load_procs: int = 2
     load_conns: int = 8

@@ -44,7 +44,7 @@ def _preview(raw: bytes) -> str:
 class Snapshot:
     """The typed configuration at one etcd revision."""
 
-    __slots__ = ("revision", "synced", "accepted", "rejected", "values", "features", "_schema", "_prefixes")
+    __slots__ = ("revision", "synced", "accepted", "rejected", "values", "features", "_schema", "_prefixes", "_json")
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class Snapshot:
         self.features = MappingProxyType(
             {k[len(FEATURES):]: a.value for k, a in self.accepted.items() if k.startswith(FEATURES)}
         )
+        self._json: dict[str, Any] | None = None
 
     @classmethod
     def defaults(cls, prefixes: Sequence[str], schema: Schema = SCHEMA) -> "Snapshot":
@@ -171,11 +172,10 @@ class Snapshot:
         return self.values == other.values and self.features == other.features
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "values": dict(self.values),
-            "features": dict(self.features),
-        }
+        """The snapshot as plain JSON data; built once (the snapshot never changes), not to be mutated."""
+        if self._json is None:
+            self._json = {"revision": self.revision, "values": dict(self.values), "features": dict(self.features)}
+        return self._json
 
     def __repr__(self) -> str:
         return f"Snapshot(revision={self.revision}, synced={self.synced}, values={dict(self.values)}, features={dict(self.features)})"

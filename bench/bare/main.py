@@ -21,8 +21,8 @@ _KEYS = (
 def bare(request: flask.Request) -> flask.Response:
     values = {_KEYS[0]: 1000000, _KEYS[1]: False, _KEYS[2]: 1000000}
     body = {"revision": 1, "synced": True, "applied": {"revision": 1, "values": values, "features": {}}}
-    response = flask.Response(json.dumps(body, separators=(",", ":")), status=200, mimetype="application/json")
-    for name, value in (("X-Config-Revision", "1"), ("Cache-Control", "no-store"), ("RateLimit-Limit", "1000000"),
-                        ("RateLimit-Remaining", "999999"), ("RateLimit-Reset", "1")):
-        response.headers[name] = value
-    return response
+    # Headers passed as the gateway passes them (to the constructor).
+    headers = {"X-Config-Revision": "1", "Cache-Control": "no-store", "RateLimit-Limit": "1000000",
+               "RateLimit-Remaining": "999999", "RateLimit-Reset": "1"}
+    return flask.Response(json.dumps(body, separators=(",", ":")), status=200, mimetype="application/json",
+                          headers=list(headers.items()))
