@@ -32,6 +32,37 @@ class ConfigurationError(EtcdError):
     """TLS files missing or unreadable."""
 
 
+# gRPC status codes by number; etcd's JSON gateway reports the same numbers.
+_INVALID_ARGUMENT, _PERMISSION_DENIED, _FAILED_PRECONDITION, _OUT_OF_RANGE, _UNAUTHENTICATED = 3, 7, 9, 11, 16
+# CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE:
+# this endpoint did not answer as it should; another try (maybe elsewhere) may work.
+_RETRYABLE_CODES = frozenset({1, 2, 4, 8, 10, 13, 14})
+
+
+def error_for_code(code: int | None, message: str, label: str = "") -> EtcdError:
+    """The error kind for an etcd failure with gRPC status `code` (None: no status at all).
+
+    One mapping for both transports, so gRPC and the JSON gateway never disagree on
+    what is worth retrying, what needs a relist and what is a credentials problem.
+    """
+    if code == _OUT_OF_RANGE and "compacted" in message:
+        return Compacted(0)
+    if code in (_UNAUTHENTICATED, _PERMISSION_DENIED):
+        return AuthError(message)
+    if code == _INVALID_ARGUMENT and ("authentication failed" in message or "user name" in message):
+        return AuthError(message)
+    if code == _FAILED_PRECONDITION and "auth" in message:
+        return AuthError(message)
+    if code is None or code in _RETRYABLE_CODES:
+        return Unavailable(message)
+    return EtcdError(f"{label or f'status {code}'}: {message}")
+
+
+def refused_user(username: str | None, error: EtcdError) -> AuthError:
+    """An authentication failure said in the operator's terms."""
+    return AuthError(f"etcd refused user {username!r} (check ETCD_USERNAME/ETCD_PASSWORD): {error}")
+
+
 def read_file(path: str, name: str) -> bytes:
     """The bytes of a TLS file named by setting `name`, or a ConfigurationError saying which."""
     try:

@@ -25,8 +25,10 @@ from ._errors import (  # noqa: F401  (re-exported: the adapter's error kinds)
     EtcdError,
     Unavailable,
     covering_range,
+    error_for_code,
     prefix_range_end,
     read_file,
+    refused_user,
 )
 from ._model import Event, KeyValue, WatchBatch
 from ._settings import Endpoint, Settings
@@ -36,17 +38,6 @@ log = logging.getLogger(__name__)
 
 # How much of a gRPC error's message a log line repeats.
 _DETAIL_CHARS = 300
-
-_UNAVAILABLE_CODES = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
 
 def _details(err: grpc.RpcError) -> str:
     try:
@@ -58,18 +49,7 @@ def _details(err: grpc.RpcError) -> str:
 def classify(err: grpc.RpcError) -> EtcdError:
     """Map a gRPC error to the adapter's error kinds."""
     code = err.code() if hasattr(err, "code") else None
-    details = _details(err)
-    if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
-        return Compacted(0)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return AuthError(details)
-    if code == grpc.StatusCode.INVALID_ARGUMENT and ("authentication failed" in details or "user name" in details):
-        return AuthError(details)
-    if code == grpc.StatusCode.FAILED_PRECONDITION and "auth" in details:
-        return AuthError(details)
-    if code in _UNAVAILABLE_CODES or code is None:
-        return Unavailable(details)
-    return EtcdError(f"{code.name if code else 'error'}: {details}")
+    return error_for_code(code.value[0] if code else None, _details(err), code.name if code else "")
 
 
 class EtcdClient:
@@ -160,8 +140,7 @@ class EtcdClient:
                 except grpc.RpcError as err:
                     error = classify(err)
                     if isinstance(error, AuthError):
-                        raise AuthError(f"etcd refused user {self._settings.username!r} "
-                                        f"(check ETCD_USERNAME/ETCD_PASSWORD): {error}") from None
+                        raise refused_user(self._settings.username, error) from None
                     raise error from None
                 self._token = resp.token
             md.append(("token", self._token))

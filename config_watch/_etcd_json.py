@@ -14,13 +14,18 @@ import http.client
 import json
 import ssl
 
-from ._errors import AuthError, Compacted, ConfigurationError, EtcdError, GatewayRefused, Unavailable, read_file
+from ._errors import (
+    AuthError,
+    ConfigurationError,
+    EtcdError,
+    GatewayRefused,
+    Unavailable,
+    error_for_code,
+    read_file,
+    refused_user,
+)
 from ._model import KeyValue
 from ._settings import Settings
-
-# gRPC status codes as the gateway reports them in error bodies.
-_PERMISSION_DENIED, _UNAUTHENTICATED, _OUT_OF_RANGE, _INVALID_ARGUMENT = 7, 16, 11, 3
-
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
@@ -84,11 +89,9 @@ class JsonGatewayClient:
     def _error(status: int, payload: dict) -> EtcdError:
         code = payload.get("code")
         message = str(payload.get("message") or payload.get("error") or f"HTTP {status}")
-        if code == _OUT_OF_RANGE and "compacted" in message:
-            return Compacted(0)
-        if code in (_PERMISSION_DENIED, _UNAUTHENTICATED) or status in (401, 403):
-            return AuthError(message)
-        if code == _INVALID_ARGUMENT and ("authentication failed" in message or "user name" in message):
+        if isinstance(code, int):  # etcd's own gRPC status, passed through by the gateway
+            return error_for_code(code, message, f"HTTP {status}")
+        if status in (401, 403):
             return AuthError(message)
         if status >= 500 or status == 429:
             return Unavailable(message)
@@ -99,7 +102,7 @@ class JsonGatewayClient:
         try:
             payload = self._post("/v3/auth/authenticate", {"name": s.username, "password": s.password}, timeout)
         except AuthError as exc:
-            raise AuthError(f"etcd refused user {s.username!r} (check ETCD_USERNAME/ETCD_PASSWORD): {exc}") from None
+            raise refused_user(s.username, exc) from None
         self._token = payload.get("token")
 
     def list_range(self, start: bytes, end: bytes, timeout: float) -> tuple[int, list[KeyValue]]:
