@@ -51,6 +51,12 @@ def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> fla
                           headers=list((headers or {}).items()))
 
 
+def _misconfigured(reason: str) -> flask.Response:
+    """503 for a deployment whose settings are wrong: logged, and said to the caller."""
+    log.error("gateway misconfigured: %s", reason)
+    return _json({"error": f"gateway misconfigured: {reason}"}, 503, {"Retry-After": str(MAINTENANCE_RETRY_AFTER)})
+
+
 def _rate_headers(decision: Decision) -> dict[str, str]:
     return {
         "RateLimit-Limit": str(decision.limit),
@@ -64,15 +70,12 @@ def api_gateway(request: flask.Request) -> flask.Response:
     try:
         runtime = config_watch.get_runtime()
     except config_watch.SettingsError as exc:
-        log.error("gateway settings invalid: %s", exc)
-        return _json({"error": f"gateway misconfigured: {exc}"}, 503, {"Retry-After": str(MAINTENANCE_RETRY_AFTER)})
+        return _misconfigured(str(exc))
 
     if runtime.settings.service != GATEWAY_SERVICE:
         # The gateway reads the api-gateway keys; watching another service's prefix
         # would leave them at their defaults without a word.
-        log.error("CONFIG_SERVICE is %r; the gateway needs %r", runtime.settings.service, GATEWAY_SERVICE)
-        return _json({"error": f"gateway misconfigured: CONFIG_SERVICE must be {GATEWAY_SERVICE!r}"}, 503,
-                     {"Retry-After": str(MAINTENANCE_RETRY_AFTER)})
+        return _misconfigured(f"CONFIG_SERVICE must be {GATEWAY_SERVICE!r}, not {runtime.settings.service!r}")
 
     if request.path == "/_status":
         return _json(runtime.status(), 200, {"Cache-Control": "no-store"})

@@ -42,18 +42,19 @@ class EtcdSource:
             return None
 
     def list(self, timeout: float):
-        if not self._lists_over_grpc:
-            result = self._json_list(timeout)
-            if result is not None:
-                return result
-        return self._client().list_range(self._start, self._end, timeout)
+        return self._list(timeout, fresh_connection=False)
 
     def check(self, timeout: float):
         # A new connection per call, so never the one that may have gone silent.
+        return self._list(timeout, fresh_connection=True)
+
+    def _list(self, timeout: float, fresh_connection: bool):
         if not self._lists_over_grpc:
-            result = self._json_list(timeout)
+            result = self._json_list(timeout)  # a new connection every call anyway
             if result is not None:
                 return result
+        if not fresh_connection:
+            return self._client().list_range(self._start, self._end, timeout)
         from ._etcd import EtcdClient
 
         client = EtcdClient(self._settings, index=self._index)
@@ -76,8 +77,7 @@ class EtcdSource:
         self._index = (self._index + 1) % len(self._settings.endpoints)
         self._json.index = self._index
         if self._grpc is not None:
-            self._grpc.close()
-            self._grpc.select(self._index)
+            self._grpc.select(self._index)  # closes the old endpoint's connection
         return self.endpoint
 
     def reconnect(self) -> None:

@@ -212,7 +212,7 @@ class ConfigWatcher:
             last_response = now
             # When etcd's word arrived, not when this loop got round to it: a reply
             # queued before a freeze is old news after it.
-            heard = min(now, batch.received_at) if getattr(batch, "received_at", 0.0) else now
+            heard = min(now, batch.received_at or now)
             if not self.connected:
                 log.info("watching from revision %d", self.store.current.revision + 1,
                          extra={"json_fields": {"endpoint": self.endpoint}})
