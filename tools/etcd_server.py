@@ -6,6 +6,7 @@ build (`ETCDCTL_BIN` then defaults to the `etcdctl` beside it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -207,6 +208,10 @@ class EtcdServer:
         if check and out.returncode != 0:
             raise EtcdServerError(f"etcdctl {' '.join(args)} failed: {out.stderr.strip()}")
         return out.stdout
+
+    def revision(self) -> int:
+        """etcd's current revision, as etcdctl reads it."""
+        return json.loads(self.etcdctl("get", "/", "-w", "json"))["header"]["revision"]
 
     def __enter__(self) -> "EtcdServer":
         return self.start()

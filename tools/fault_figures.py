@@ -26,9 +26,6 @@ from tools.tcp_proxy import TcpProxy
 PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
 
 
-def revision(server: EtcdServer) -> int:
-    return json.loads(server.etcdctl("get", "/", "-w", "json"))["header"]["revision"]
-
 
 def watcher_for(endpoints: str) -> ConfigWatcher:
     settings = Settings.from_env({"ETCD_ENDPOINTS": endpoints})  # the defaults under test
@@ -55,7 +52,7 @@ def stalled_connection() -> tuple[str, str]:
             reconnects = w.counters["reconnects"]
             proxy.stall()
             etcd.etcdctl("put", RATE_LIMIT, "7")
-            target = revision(etcd)
+            target = etcd.revision()
             detect = _wait(lambda: w.counters["reconnects"] > reconnects, 30)
             caught = _wait(lambda: w.store.current.revision >= target, 30) + detect
             return f"{detect * 1000:.0f} ms", f"{caught * 1000:.0f} ms"
@@ -70,7 +67,7 @@ def cut_and_heal() -> tuple[str, str]:
             proxy.cut()
             detect = _wait(lambda: not w.connected, 30)
             etcd.etcdctl("put", RATE_LIMIT, "8")
-            target = revision(etcd)
+            target = etcd.revision()
             proxy.heal()
             caught = _wait(lambda: w.store.current.revision >= target, 30)
             return f"{detect * 1000:.0f} ms", f"{caught * 1000:.0f} ms after heal"
@@ -86,7 +83,7 @@ def compaction_while_cut() -> tuple[str, str]:
             _wait(lambda: not w.connected, 30)
             for v in range(3):
                 etcd.etcdctl("put", RATE_LIMIT, str(10 + v))
-            target = revision(etcd)
+            target = etcd.revision()
             etcd.etcdctl("compact", str(target))
             proxy.heal()
             caught = _wait(lambda: w.store.current.revision >= target, 30)
@@ -103,7 +100,7 @@ def etcd_restart() -> tuple[str, str]:
             detect = _wait(lambda: not w.connected, 30)
             etcd.restart()
             etcd.etcdctl("put", RATE_LIMIT, "9")
-            target = revision(etcd)
+            target = etcd.revision()
             caught = _wait(lambda: w.store.current.revision >= target, 30)
             return f"{detect * 1000:.0f} ms", f"{caught * 1000:.0f} ms after etcd is back"
         finally:
@@ -154,7 +151,7 @@ def frozen_instance() -> tuple[str, str]:
             try:
                 proxy.stall()
                 etcd.etcdctl("put", RATE_LIMIT, "600")
-                etcd.etcdctl("compact", str(revision(etcd)))
+                etcd.etcdctl("compact", str(etcd.revision()))
                 time.sleep(16)  # longer than keepalive (10 s + 5 s) and staleness (5 s): the fault itself
             finally:
                 fn.signal_all(signal.SIGCONT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 
@@ -18,9 +17,6 @@ from tools.tcp_proxy import TcpProxy
 KEEPALIVE, KEEPALIVE_TIMEOUT, DEAD_STREAM, STALENESS, CHECK_TIMEOUT = 5, 1, 2, 1, 0.5
 FREEZE_SECONDS = KEEPALIVE + KEEPALIVE_TIMEOUT + 1
 
-
-def etcd_revision(etcd) -> int:
-    return json.loads(etcd.etcdctl("get", "/", "-w", "json"))["header"]["revision"]
 
 
 @pytest.fixture
@@ -75,10 +71,10 @@ def test_first_request_after_resume_serves_current_config(frozen_setup):
         proxy.stall()  # the connector silently drops the instance's connection
         for value in (201, 202, 203):
             etcd.etcdctl("put", RATE_LIMIT, str(value))
-        etcd.etcdctl("compact", str(etcd_revision(etcd)))
+        etcd.etcdctl("compact", str(etcd.revision()))
 
     freeze(server, change_and_compact)
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     started = time.monotonic()
     first = session.get(server.url + "/", timeout=10)
     elapsed = time.monotonic() - started
@@ -95,7 +91,7 @@ def test_resume_with_etcd_unreachable_serves_last_good_and_says_stale(frozen_set
     etcd, proxy, server = frozen_setup
     session = FreshConnections()
     assert session.get(server.url + "/").headers["RateLimit-Limit"] == "200"
-    revision = etcd_revision(etcd)
+    revision = etcd.revision()
 
     def cut_off():
         proxy.cut()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
@@ -12,9 +11,6 @@ from config_watch import MAINTENANCE_MODE, RATE_LIMIT, RATE_LIMIT_BURST
 from tests.support import wait_until
 from tools.function_server import FunctionServer
 
-
-def etcd_revision(etcd) -> int:
-    return json.loads(etcd.etcdctl("get", "/", "-w", "json"))["header"]["revision"]
 
 
 @pytest.fixture
@@ -37,7 +33,7 @@ def fresh_get(url: str, **kw) -> requests.Response:
 def test_first_request_after_start_reflects_etcd(etcd, server):
     response = fresh_get(server.url + "/", headers={"X-Api-Key": "first"})
     assert response.status_code == 200
-    assert int(response.headers["X-Config-Revision"]) == etcd_revision(etcd)
+    assert int(response.headers["X-Config-Revision"]) == etcd.revision()
     assert response.headers["RateLimit-Limit"] == "123"
 
 
@@ -46,7 +42,7 @@ def test_a_put_reaches_both_workers(etcd, server):
     wait_until(lambda: pids.add(fresh_get(server.url + "/_status").json()["pid"]) or len(pids) == 2, 30,
                message="both workers answered")
     etcd.etcdctl("put", RATE_LIMIT, "456")
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     seen: dict[int, int] = {}
 
     def both_current():
@@ -72,7 +68,7 @@ def test_maintenance_503_over_http(etcd, server):
 def test_429_with_headers_over_http(etcd, server):
     etcd.etcdctl("put", RATE_LIMIT_BURST, "2")
     etcd.etcdctl("put", RATE_LIMIT, "6")
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     # One keep-alive connection stays on one worker, whose bucket we drain.
     with requests.Session() as s:
         wait_until(lambda: int(s.get(server.url + "/", headers={"X-Api-Key": uuid.uuid4().hex}).headers["X-Config-Revision"]) >= target, 10)

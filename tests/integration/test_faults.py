@@ -14,9 +14,6 @@ from tests.support import wait_until
 from tools.etcd_server import EtcdCluster
 
 
-def etcd_revision(etcd) -> int:
-    return json.loads(etcd.etcdctl("get", "/", "-w", "json"))["header"]["revision"]
-
 
 def test_stalled_watch_is_detected_within_bound_and_caught_up(etcd, proxy, make_watcher):
     watcher = make_watcher(proxy.endpoint, ETCD_DEAD_STREAM_SECONDS=1.5)
@@ -26,7 +23,7 @@ def test_stalled_watch_is_detected_within_bound_and_caught_up(etcd, proxy, make_
     proxy.stall()  # the connection stays open but nothing crosses it any more
     stalled_at = time.monotonic()
     etcd.etcdctl("put", RATE_LIMIT, "31")
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     wait_until(lambda: watcher.store.current.revision == target, 10, message="caught up over a new connection")
     caught_up = time.monotonic() - stalled_at
     assert watcher.store.current[RATE_LIMIT] == 31
@@ -43,7 +40,7 @@ def test_request_after_staleness_bound_sees_changes_a_stalled_watch_missed(etcd,
     wait_until(lambda: watcher.connected, 5)
     proxy.stall()
     etcd.etcdctl("put", RATE_LIMIT, "32")
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     assert watcher.store.current[RATE_LIMIT] != 32
     wait_until(lambda: watcher.staleness() > 0.5, 5, message="snapshot past the staleness bound")
     snapshot = watcher.ensure_fresh()
@@ -179,7 +176,7 @@ def test_cluster_member_and_leader_loss_deliver_every_change_in_order(cluster, m
         writer.stop.set()
         writer.join(5)
     live = cluster.running_member()
-    target = etcd_revision(live)
+    target = live.revision()
     wait_until(lambda: watcher.store.current.revision >= target, 15, message="watcher caught up")
     expected = history(live.endpoint, RATE_LIMIT, b"/config/", b"/config0")
     assert applied == expected  # every change, once, in etcd's order
@@ -212,7 +209,7 @@ def test_catch_up_after_a_missed_delete_does_not_resurrect_the_old_value(etcd, p
     etcd.etcdctl("put", MAINTENANCE_MODE, "off")  # then a bad value
     wait_until(lambda: watcher.staleness() > 0.5, 5)
     snapshot = watcher.ensure_fresh()
-    assert snapshot.revision == etcd_revision(etcd)
+    assert snapshot.revision == etcd.revision()
     assert snapshot[MAINTENANCE_MODE] is False
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 from config_watch import MAINTENANCE_MODE, RATE_LIMIT, RATE_LIMIT_BURST
@@ -10,9 +9,6 @@ from tests.support import wait_until
 
 ONBOARDING = "/config/services/api-gateway/features/new-user-onboarding"
 
-
-def etcd_revision(etcd) -> int:
-    return json.loads(etcd.etcdctl("get", "/", "-w", "json"))["header"]["revision"]
 
 
 def record_published(watcher) -> list:
@@ -39,7 +35,7 @@ def test_initial_list_reflects_etcd(etcd, make_watcher):
     watcher = make_watcher(etcd.endpoint)
     assert watcher.wait_synced(5)
     snap = watcher.store.current
-    assert snap.revision == etcd_revision(etcd)
+    assert snap.revision == etcd.revision()
     assert snap[RATE_LIMIT] == 42 and snap[RATE_LIMIT_BURST] == 42
     assert snap.feature("new-user-onboarding") is True
     assert "/config/services/data-processor/threads" not in snap.values
@@ -51,7 +47,7 @@ def test_update_and_delete_restore_default(etcd, make_watcher):
     etcd.etcdctl("put", RATE_LIMIT, "7")
     wait_until(lambda: watcher.store.current[RATE_LIMIT] == 7, 5, message="update applied")
     etcd.etcdctl("del", RATE_LIMIT)
-    wait_until(lambda: watcher.store.current.revision == etcd_revision(etcd), 5, message="delete applied")
+    wait_until(lambda: watcher.store.current.revision == etcd.revision(), 5, message="delete applied")
     assert watcher.store.current[RATE_LIMIT] == 100
 
 
@@ -61,7 +57,7 @@ def test_bad_value_is_rejected_and_last_good_value_stays(etcd, make_watcher, cap
     assert watcher.wait_synced(5)
     for bad in ("lots", "-5", "99999999999999999999999"):
         etcd.etcdctl("put", "--", RATE_LIMIT, bad)
-        revision = etcd_revision(etcd)
+        revision = etcd.revision()
         wait_until(lambda: watcher.store.current.revision == revision, 5, message="bad value seen")
         assert watcher.store.current[RATE_LIMIT] == 50
         rejected = watcher.status()["rejected"]
@@ -100,7 +96,7 @@ def test_cut_connection_then_heal_delivers_every_change(etcd, proxy, make_watche
         etcd.etcdctl("put", f"/config/services/api-gateway/features/f{i}", "true")
     etcd.etcdctl("put", RATE_LIMIT, "3")
     proxy.heal()
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     wait_until(lambda: watcher.store.current.revision == target, 15, message="caught up after heal")
     snap = watcher.store.current
     assert snap[RATE_LIMIT] == 3
@@ -121,9 +117,9 @@ def test_compaction_while_cut_relists(etcd, proxy, make_watcher):
     etcd.etcdctl("put", RATE_LIMIT, "11")
     etcd.etcdctl("del", ONBOARDING)
     etcd.etcdctl("put", RATE_LIMIT, "12")
-    etcd.etcdctl("compact", str(etcd_revision(etcd)))
+    etcd.etcdctl("compact", str(etcd.revision()))
     proxy.heal()
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     wait_until(lambda: watcher.store.current.revision == target, 15, message="relisted after compaction")
     snap = watcher.store.current
     assert snap[RATE_LIMIT] == 12 and snap.feature("new-user-onboarding") is False
@@ -139,7 +135,7 @@ def test_etcd_restart_on_same_data_dir_is_caught_up(etcd, make_watcher):
     assert watcher.store.current[RATE_LIMIT] == 20  # the last good snapshot stays in force
     etcd.restart()
     etcd.etcdctl("put", RATE_LIMIT, "21")
-    target = etcd_revision(etcd)
+    target = etcd.revision()
     wait_until(lambda: watcher.store.current.revision == target, 15, message="caught up after restart")
     assert watcher.store.current[RATE_LIMIT] == 21
     assert watcher.connected
@@ -152,4 +148,4 @@ def test_moves_to_next_endpoint_when_one_fails(etcd, make_watcher):
     watcher = make_watcher(f"{dead},{etcd.endpoint}")
     assert watcher.wait_synced(10)
     assert watcher.endpoint == etcd.endpoint
-    assert watcher.store.current.revision == etcd_revision(etcd)
+    assert watcher.store.current.revision == etcd.revision()
