@@ -35,6 +35,24 @@ from ._settings import Endpoint, Settings
 
 log = logging.getLogger(__name__)
 
+# etcd answers a progress request only after the stream has sent every event up to the
+# answer's revision from these releases on (etcd-io/etcd#15220, fixed in 3.5.8 and
+# 3.4.22). Before them an answer can overtake events still being sent.
+_ORDERED_PROGRESS = ((3, 4, 22), (3, 5, 8))
+
+
+def ordered_progress(version: str) -> bool:
+    """Whether an etcd server of `version` answers progress requests in stream order."""
+    try:
+        parts = tuple(int(p) for p in version.split("-")[0].split(".")[:3])
+    except ValueError:
+        return False
+    if len(parts) != 3:
+        return False
+    if parts[:2] == (3, 4):
+        return parts >= _ORDERED_PROGRESS[0]
+    return parts >= _ORDERED_PROGRESS[1]
+
 
 # How much of a gRPC error's message a log line repeats.
 _DETAIL_CHARS = 300
@@ -65,6 +83,7 @@ class EtcdClient:
         self._index = index % len(self._endpoints)
         self._channel: grpc.Channel | None = None
         self._token: str | None = None
+        self._version: str | None = None  # of the server behind the current channel
         self._lock = threading.Lock()
         self._credentials = self._channel_credentials() if settings.secure else None
 
@@ -108,6 +127,7 @@ class EtcdClient:
                 else:
                     self._channel = grpc.insecure_channel(target, options=self._options())
                 self._token = None
+                self._version = None
             return self._channel
 
     def select(self, index: int) -> None:
@@ -123,7 +143,7 @@ class EtcdClient:
 
     def close(self) -> None:
         with self._lock:
-            channel, self._channel, self._token = self._channel, None, None
+            channel, self._channel, self._token, self._version = self._channel, None, None, None
         if channel is not None:
             channel.close()
 
@@ -196,10 +216,24 @@ class EtcdClient:
     def compact(self, revision: int, timeout: float) -> None:
         self._unary("Compact", etcdrpc.KVStub, etcdrpc.CompactionRequest(revision=revision, physical=True), timeout)
 
+    def server_version(self, timeout: float) -> str:
+        """The etcd release of the member behind the current connection (asked once)."""
+        if self._version is None:
+            resp = self._unary("Status", etcdrpc.MaintenanceStub, etcdrpc.StatusRequest(), timeout)
+            self._version = resp.version
+        return self._version
+
     def watch(self, start: bytes, end: bytes, start_revision: int) -> "WatchStream":
         channel = self._connect()
-        metadata = self._metadata(channel, self._settings.request_timeout, require_leader=True)
-        return WatchStream(etcdrpc.WatchStub(channel), start, end, start_revision, metadata)
+        timeout = self._settings.request_timeout
+        metadata = self._metadata(channel, timeout, require_leader=True)
+        try:
+            ordered = ordered_progress(self.server_version(timeout))
+        except EtcdError as err:  # the watch itself will say whether etcd is there
+            log.debug("etcd version unknown (%s); progress answers taken as unordered", err)
+            ordered = False
+        return WatchStream(etcdrpc.WatchStub(channel), start, end, start_revision, metadata,
+                           ordered_progress=ordered)
 
 
 class WatchStream:
@@ -212,10 +246,20 @@ class WatchStream:
 
     _END = object()
 
-    def __init__(self, stub, start: bytes, end: bytes, start_revision: int, metadata) -> None:
+    def __init__(self, stub, start: bytes, end: bytes, start_revision: int, metadata,
+                 ordered_progress: bool = False) -> None:
         self._requests: queue.Queue = queue.Queue()
         self._responses: queue.Queue = queue.Queue()
         self._closed = False
+        # When the unanswered progress request was sent (None: none is out). One at a
+        # time, so an answer can be matched to its question without ids.
+        self._progress_lock = threading.Lock()
+        self._progress_asked_at: float | None = None
+        # The revision up to which this stream has certainly sent every event in its
+        # range: the snapshot's revision when it opened, then event batches' headers
+        # (and, from servers that order them, progress answers').
+        self._delivered = start_revision - 1
+        self._ordered_progress = ordered_progress
         create = etcdrpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
         self._requests.put(etcdrpc.WatchRequest(create_request=create))
         self._call = stub.Watch(self._request_iter(), metadata=metadata)
@@ -240,11 +284,14 @@ class WatchStream:
                 except EtcdError as err:
                     self._responses.put(err)
                     return
-                received_at = time.monotonic()
-                if batch.events and self.on_events is not None:
-                    self.on_events(batch.events)
-                    batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
-                self._responses.put(batch._replace(received_at=received_at))
+                if batch.events:
+                    self._delivered = max(self._delivered, batch.header_revision)
+                    if self.on_events is not None:
+                        self.on_events(batch.events)
+                        batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
+                elif not response.created:
+                    batch = batch._replace(fresh_as_of=self._answered(batch.header_revision))
+                self._responses.put(batch)
             self._responses.put(Unavailable("watch stream ended by the server"))
         except grpc.RpcError as err:
             self._responses.put(classify(err))
@@ -253,9 +300,32 @@ class WatchStream:
             self._responses.put(EtcdError(f"watch reader failed: {exc!r}"))
 
     def request_progress(self) -> None:
-        """Ask etcd to confirm the stream is alive; it answers with an empty batch."""
-        if not self._closed:
-            self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+        """Ask etcd to confirm the stream is alive and current; it answers with an empty
+        batch. A no-op while an earlier request is unanswered."""
+        if self._closed:
+            return
+        with self._progress_lock:
+            if self._progress_asked_at is not None:
+                return
+            self._progress_asked_at = time.monotonic()
+        self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+
+    def _answered(self, revision: int) -> float:
+        """A progress answer at `revision` came: as of when it proves the stream current.
+
+        The moment its question was sent, never later: the answer may have waited in a
+        socket buffer through a freeze. And only if every event up to `revision` has
+        been sent: always so on servers that order their answers; on older ones only
+        when the stream has already delivered `revision` (after a reconnect, their
+        answer can overtake the catch-up events or the compaction notice). 0: no proof.
+        """
+        with self._progress_lock:
+            asked, self._progress_asked_at = self._progress_asked_at, None
+        if asked is None:
+            return 0.0
+        if self._ordered_progress:
+            self._delivered = max(self._delivered, revision)
+        return asked if revision <= self._delivered else 0.0
 
     def get(self, timeout: float) -> WatchBatch | None:
         """The next batch, None after `timeout` of silence, or an EtcdError raised."""

@@ -37,6 +37,8 @@ class WatchBatch(NamedTuple):
 
     header_revision: int
     events: tuple[Event, ...] = ()
-    # time.monotonic() when the stream received it (0: not known). A reply read late,
-    # after a freeze, must not count as a fresh word from etcd.
-    received_at: float = 0.0
+    # time.monotonic() as of which this batch proves the stream was current (0: it
+    # proves nothing). Only the answer to a progress request proves that, and only as
+    # of when the question was sent: a reply (or event) read after a freeze may have
+    # sat in a socket buffer for the whole freeze.
+    fresh_as_of: float = 0.0

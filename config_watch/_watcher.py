@@ -150,8 +150,9 @@ class ConfigWatcher:
         self.watch()
 
     def relist(self) -> None:
+        asked_at = self._clock()
         revision, kvs = self._source.list(self.settings.request_timeout)
-        self._contact()
+        self._contact(asked_at)
         self.counters["relists"] += 1
         with self._apply_lock:
             current = self.store.current
@@ -191,11 +192,17 @@ class ConfigWatcher:
             stream.close()
 
     def handle_watch(self, stream: Stream) -> None:
-        # Silence for a third of the dead-stream bound prompts a progress request, so
-        # a healthy stream always says something well inside the bound.
+        # A progress request every third of the dead-stream bound (the stream keeps one
+        # out at a time): its answers keep a silent stream talking well inside the
+        # bound, and they are the watch's only proof of being current. Events prove
+        # nothing about the present: read after a freeze, they may be old.
         tick = self.settings.dead_stream / 3
         last_response = self._clock()
+        asked_at: float | None = None
         while not self._stop.is_set():
+            if asked_at is None or self._clock() - asked_at >= tick:
+                stream.request_progress()
+                asked_at = self._clock()
             try:
                 batch = stream.get(timeout=tick)
             except EtcdError:
@@ -207,19 +214,16 @@ class ConfigWatcher:
                 silent = now - last_response
                 if silent >= self.settings.dead_stream:
                     raise Unavailable(f"watch silent for {silent:.1f}s (stalled or half-open connection)")
-                stream.request_progress()
                 continue
             last_response = now
-            # When etcd's word arrived, not when this loop got round to it: a reply
-            # queued before a freeze is old news after it.
-            heard = min(now, batch.received_at or now)
             if not self.connected:
                 log.info("watching from revision %d", self.store.current.revision + 1,
                          extra={"json_fields": {"endpoint": self.endpoint}})
             self.connected = True
             self.last_error = None
             self._backoff.reset()
-            self._contact(heard)
+            if batch.fresh_as_of:
+                self._contact(min(now, batch.fresh_as_of))
             if batch.events:
                 self.apply(batch.events)
 
@@ -272,7 +276,8 @@ class ConfigWatcher:
             self.last_contact = at
 
     def staleness(self) -> float:
-        """Seconds since the last word from etcd (since start if none yet)."""
+        """Seconds since the snapshot was last proven current: the sending of the last
+        answered progress request, list or check (since start if none yet)."""
         last = self.last_contact if self.last_contact is not None else self.started_at
         return max(0.0, self._clock() - last)
 
@@ -298,6 +303,7 @@ class ConfigWatcher:
     def check_now(self) -> bool:
         """Read the watched range over a fresh connection; catch up if etcd is ahead."""
         self.counters["checks"] += 1
+        asked_at = self._clock()  # a reply proves etcd's state as of the question, no later
         try:
             if self._source is None:
                 return False
@@ -306,7 +312,7 @@ class ConfigWatcher:
             log.warning("staleness check failed; serving the last good snapshot",
                         extra={"json_fields": {"error": str(err), "revision": self.store.current.revision}})
             return False
-        self._contact()
+        self._contact(asked_at)
         self._synced.set()
         with self._apply_lock:
             current = self.store.current

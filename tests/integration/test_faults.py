@@ -9,7 +9,7 @@ import time
 import pytest
 
 from config_watch import RATE_LIMIT, EtcdError, Settings
-from config_watch._etcd import EtcdClient
+from config_watch._etcd import EtcdClient, ordered_progress
 from tests.support import wait_until
 from tools.etcd_server import EtcdCluster
 
@@ -194,6 +194,77 @@ def test_idle_healthy_stream_is_kept_alive_by_progress_requests(etcd, proxy, mak
     wait_until(lambda: watcher.last_contact - first_contact > 3 * 0.6, 10, message="progress answers")
     assert watcher.counters["reconnects"] == 0 and proxy.accepted == connections
     assert watcher.staleness() < 0.6
+
+
+def test_only_progress_answers_prove_freshness_and_as_of_their_question(etcd):
+    client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": etcd.endpoint}))
+    stream = client.watch(b"/config/", b"/config0", etcd.revision() + 1)
+    try:
+        created = stream.get(timeout=5)
+        assert created is not None and not created.events and created.fresh_as_of == 0.0
+        before = time.monotonic()
+        stream.request_progress()
+        stream.request_progress()  # one question at a time: this one is not sent
+        after = time.monotonic()
+        answer = stream.get(timeout=5)
+        assert answer is not None and not answer.events
+        assert before <= answer.fresh_as_of <= after  # as of the question, not the reply
+        assert stream.get(timeout=0.5) is None  # no second answer
+        etcd.etcdctl("put", RATE_LIMIT, "7")
+        event = stream.get(timeout=5)
+        assert event is not None and event.events and event.fresh_as_of == 0.0
+        stream.request_progress()  # answered, so a new question goes out
+        assert stream.get(timeout=5).fresh_as_of > after
+    finally:
+        stream.close()
+        client.close()
+
+
+def test_progress_answer_after_writes_outside_the_range_proves_only_on_ordering_servers(etcd):
+    """etcd moved on (other keys) past where the stream started: the answer's revision is
+    ahead of anything the stream delivered. Only a server that orders its answers after
+    the stream's events (3.5.8+) lets that answer prove the stream current."""
+    client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": etcd.endpoint}))
+    start = etcd.revision() + 1
+    for value in ("a", "b"):
+        etcd.etcdctl("put", "/elsewhere/key", value)
+    stream = client.watch(b"/config/", b"/config0", start)
+    try:
+        assert not stream.get(timeout=5).events  # created
+        stream.request_progress()
+        answer = stream.get(timeout=5)
+        assert answer is not None and not answer.events and answer.header_revision == start + 1
+        ordered = ordered_progress(client.server_version(timeout=5))
+        assert (answer.fresh_as_of > 0) is ordered
+    finally:
+        stream.close()
+        client.close()
+
+
+def test_progress_answer_on_a_catching_up_stream_proves_nothing_before_the_catch_up(etcd):
+    client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": etcd.endpoint}))
+    start = etcd.revision() + 1
+    for value in ("1", "2", "3"):
+        etcd.etcdctl("put", RATE_LIMIT, value)
+    last = etcd.revision()
+    stream = client.watch(b"/config/", b"/config0", start)
+    seen = start - 1
+    try:
+        stream.request_progress()
+        while True:
+            batch = stream.get(timeout=5)
+            assert batch is not None, "stream went silent"
+            if batch.events:
+                seen = max(seen, max(e.mod_revision for e in batch.events))
+            elif batch.fresh_as_of:
+                # Proof of freshness only once everything up to the answer was delivered.
+                assert seen >= batch.header_revision == last
+                break
+            if seen >= last:
+                stream.request_progress()  # a no-op while the first question is out
+    finally:
+        stream.close()
+        client.close()
 
 
 def test_catch_up_after_a_missed_delete_does_not_resurrect_the_old_value(etcd, proxy, make_watcher):

@@ -297,7 +297,7 @@ def test_silent_stream_gets_progress_requests_and_is_declared_dead(make_watcher)
     second = source.stream(1)
     first = source.streams[0]
     assert first.closed
-    assert first.progress_requests == 2  # at 1 s and 2 s of silence; dead at 3 s
+    assert first.progress_requests == 3  # on opening, at 1 s and at 2 s of silence; dead at 3 s
     assert second.start_revision == 8
     assert source.calls.index(("rotate",)) < source.calls.index(("watch", 8), 2)
     assert "silent" in (watcher.last_error or "")
@@ -374,6 +374,41 @@ def test_ensure_fresh_does_nothing_when_fresh(make_watcher):
     clock.advance(1)  # inside the 2 s bound
     before = watcher.store.current
     assert watcher.ensure_fresh() is before
+    assert source.count("check") == 0
+
+
+def test_events_read_after_a_freeze_do_not_count_as_fresh(make_watcher):
+    """An event that sat in a socket buffer through a freeze says nothing about now."""
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.default_list = (7, [KeyValue(RATE_LIMIT, b"5", 7)])
+    watcher = make_watcher(source, clock=clock)
+    stream = watching(source.stream(0))
+    clock.advance(3)  # frozen past the 2 s staleness bound
+    stream.push(batch(8, put(RATE_LIMIT, "6", 8)))
+    wait_until(revision_is(watcher, 8), timeout=5)
+    assert watcher.staleness() >= 3
+    source.check_result = (10, [KeyValue(RATE_LIMIT, b"9", 10)])
+    assert watcher.ensure_fresh()[RATE_LIMIT] == 9
+    assert source.count("check") == 1
+
+
+def test_progress_answer_proves_freshness_as_of_its_question(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.default_list = (7, [])
+    watcher = make_watcher(source, clock=clock)
+    stream = watching(source.stream(0))
+    asked = clock()
+    clock.advance(3)
+    # The answer to a question sent before the freeze, read after it: still stale.
+    stream.push(WatchBatch(7, fresh_as_of=asked))
+    wait_until(lambda: watcher.connected, timeout=5)
+    assert watcher.staleness() == 3
+    # The answer to a question sent now.
+    stream.push(WatchBatch(7, fresh_as_of=clock() - 0.25))
+    wait_until(lambda: watcher.staleness() == 0.25, timeout=5, message="fresh as of the question")
+    assert watcher.ensure_fresh() is watcher.store.current
     assert source.count("check") == 0
 
 
