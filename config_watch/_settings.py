@@ -103,7 +103,7 @@ class Settings(NamedTuple):
     password: str | None = None
     # How long a cold start waits for the first list before serving defaults.
     initial_wait: float = 0.5
-    # A request that finds the last word from etcd older than this checks etcd first.
+    # A request that finds the snapshot last proven current longer ago than this checks etcd first.
     staleness: float = 5.0
     # Deadline of that check, so a request is never held long by an unreachable etcd.
     check_timeout: float = 0.5

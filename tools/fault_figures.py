@@ -172,7 +172,7 @@ ROWS = [
     ("Loss of the leader (3-member cluster)", "`hasleader` watch cancelled on members without a leader",
      "election + backoff", lambda: member_loss(True)),
     ("Instance frozen 16 s (CPU throttled), connection dropped, history compacted",
-     "request finds last word older than CONFIG_STALENESS_SECONDS", "CONFIG_CHECK_TIMEOUT_SECONDS (0.5 s)",
+     "request finds the snapshot last proven current more than CONFIG_STALENESS_SECONDS ago", "CONFIG_CHECK_TIMEOUT_SECONDS (0.5 s)",
      frozen_instance),
 ]
 
