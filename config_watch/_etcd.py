@@ -35,10 +35,12 @@ from ._settings import Endpoint, Settings
 
 log = logging.getLogger(__name__)
 
-# etcd answers a progress request only after the stream has sent every event up to the
-# answer's revision from these releases on (etcd-io/etcd#15220, fixed in 3.5.8 and
-# 3.4.22). Before them an answer can overtake events still being sent.
-_ORDERED_PROGRESS = ((3, 4, 22), (3, 5, 8))
+# From these releases on, etcd answers a progress request only after the stream has
+# sent every event up to the answer's revision (etcd-io/etcd#15220), and does answer a
+# request made while a new watch catches up (etcd-io/etcd#17507): the releases that
+# Kubernetes requires before it relies on progress requests. Before them an answer
+# can overtake events still being sent.
+_ORDERED_PROGRESS = ((3, 4, 31), (3, 5, 13))
 
 
 def ordered_progress(version: str) -> bool:
@@ -83,7 +85,6 @@ class EtcdClient:
         self._index = index % len(self._endpoints)
         self._channel: grpc.Channel | None = None
         self._token: str | None = None
-        self._version: str | None = None  # of the server behind the current channel
         self._lock = threading.Lock()
         self._credentials = self._channel_credentials() if settings.secure else None
 
@@ -127,7 +128,6 @@ class EtcdClient:
                 else:
                     self._channel = grpc.insecure_channel(target, options=self._options())
                 self._token = None
-                self._version = None
             return self._channel
 
     def select(self, index: int) -> None:
@@ -143,7 +143,7 @@ class EtcdClient:
 
     def close(self) -> None:
         with self._lock:
-            channel, self._channel, self._token, self._version = self._channel, None, None, None
+            channel, self._channel, self._token = self._channel, None, None
         if channel is not None:
             channel.close()
 
@@ -217,11 +217,13 @@ class EtcdClient:
         self._unary("Compact", etcdrpc.KVStub, etcdrpc.CompactionRequest(revision=revision, physical=True), timeout)
 
     def server_version(self, timeout: float) -> str:
-        """The etcd release of the member behind the current connection (asked once)."""
-        if self._version is None:
-            resp = self._unary("Status", etcdrpc.MaintenanceStub, etcdrpc.StatusRequest(), timeout)
-            self._version = resp.version
-        return self._version
+        """The etcd release of the member behind the current connection.
+
+        Asked for every watch, not cached: behind a name or a load balancer, a channel
+        can reach another member (another release, mid-upgrade) after a reconnect.
+        """
+        resp = self._unary("Status", etcdrpc.MaintenanceStub, etcdrpc.StatusRequest(), timeout)
+        return resp.version
 
     def watch(self, start: bytes, end: bytes, start_revision: int) -> "WatchStream":
         channel = self._connect()
@@ -251,8 +253,9 @@ class WatchStream:
         self._requests: queue.Queue = queue.Queue()
         self._responses: queue.Queue = queue.Queue()
         self._closed = False
-        # When the unanswered progress request was sent (None: none is out). One at a
-        # time, so an answer can be matched to its question without ids.
+        # When the oldest unanswered progress request was sent (None: none is out).
+        # Answers carry no id, and etcd may drop or merge questions, so an answer is
+        # taken to answer the oldest one out: never a later time than the truth.
         self._progress_lock = threading.Lock()
         self._progress_asked_at: float | None = None
         # The revision up to which this stream has certainly sent every event in its
@@ -285,7 +288,7 @@ class WatchStream:
                     self._responses.put(err)
                     return
                 if batch.events:
-                    self._delivered = max(self._delivered, batch.header_revision)
+                    self._delivered = max(self._delivered, self._complete_through(batch))
                     if self.on_events is not None:
                         self.on_events(batch.events)
                         batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
@@ -301,14 +304,26 @@ class WatchStream:
 
     def request_progress(self) -> None:
         """Ask etcd to confirm the stream is alive and current; it answers with an empty
-        batch. A no-op while an earlier request is unanswered."""
+        batch. Sent even while an earlier question is out: etcd drops a question on a
+        watch that is still catching up, and only a later one gets an answer."""
         if self._closed:
             return
         with self._progress_lock:
-            if self._progress_asked_at is not None:
-                return
-            self._progress_asked_at = time.monotonic()
+            if self._progress_asked_at is None:
+                self._progress_asked_at = time.monotonic()
         self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+
+    # etcd sends a catching-up watch at most this many revisions per response, each
+    # stamped with its current revision even when more are to come.
+    _CATCH_UP_REVISIONS = 1000
+
+    @classmethod
+    def _complete_through(cls, batch: WatchBatch) -> int:
+        """The revision up to which an event batch certainly completes the stream."""
+        revisions = {e.mod_revision for e in batch.events}
+        if len(revisions) < cls._CATCH_UP_REVISIONS:
+            return batch.header_revision
+        return max(revisions)  # possibly a part of a longer catch-up
 
     def _answered(self, revision: int) -> float:
         """A progress answer at `revision` came: as of when it proves the stream current.
@@ -320,6 +335,7 @@ class WatchStream:
         answer can overtake the catch-up events or the compaction notice). 0: no proof.
         """
         with self._progress_lock:
+            # Every question out is settled: a later answer, with none out, proves nothing.
             asked, self._progress_asked_at = self._progress_asked_at, None
         if asked is None:
             return 0.0

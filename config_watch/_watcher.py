@@ -192,10 +192,10 @@ class ConfigWatcher:
             stream.close()
 
     def handle_watch(self, stream: Stream) -> None:
-        # A progress request every third of the dead-stream bound (the stream keeps one
-        # out at a time): its answers keep a silent stream talking well inside the
-        # bound, and they are the watch's only proof of being current. Events prove
-        # nothing about the present: read after a freeze, they may be old.
+        # A progress request every third of the dead-stream bound: its answers keep a
+        # silent stream talking well inside the bound, and they are the watch's only
+        # proof of being current. Events prove nothing about the present: read after a
+        # freeze, they may be old.
         tick = self.settings.dead_stream / 3
         last_response = self._clock()
         asked_at: float | None = None
