@@ -219,23 +219,20 @@ class EtcdClient:
     def server_version(self, timeout: float) -> str:
         """The etcd release of the member behind the current connection.
 
-        Asked for every watch, not cached: behind a name or a load balancer, a channel
-        can reach another member (another release, mid-upgrade) after a reconnect.
+        Maintenance.Status: etcd 3.6 and 3.5.28+ allow it to the root role only, so
+        the lister-watcher asks the unauthenticated `/version` first.
         """
         resp = self._unary("Status", etcdrpc.MaintenanceStub, etcdrpc.StatusRequest(), timeout)
         return resp.version
 
-    def watch(self, start: bytes, end: bytes, start_revision: int) -> "WatchStream":
+    def watch(self, start: bytes, end: bytes, start_revision: int,
+              ordered_progress: bool = False) -> "WatchStream":
+        """A watch from `start_revision`; `ordered_progress`: the member is of a release
+        that answers progress requests in stream order (see `ordered_progress()`)."""
         channel = self._connect()
-        timeout = self._settings.request_timeout
-        metadata = self._metadata(channel, timeout, require_leader=True)
-        try:
-            ordered = ordered_progress(self.server_version(timeout))
-        except EtcdError as err:  # the watch itself will say whether etcd is there
-            log.debug("etcd version unknown (%s); progress answers taken as unordered", err)
-            ordered = False
+        metadata = self._metadata(channel, self._settings.request_timeout, require_leader=True)
         return WatchStream(etcdrpc.WatchStub(channel), start, end, start_revision, metadata,
-                           ordered_progress=ordered)
+                           ordered_progress=ordered_progress)
 
 
 class WatchStream:
@@ -253,11 +250,15 @@ class WatchStream:
         self._requests: queue.Queue = queue.Queue()
         self._responses: queue.Queue = queue.Queue()
         self._closed = False
-        # When the oldest unanswered progress request was sent (None: none is out).
-        # Answers carry no id, and etcd may drop or merge questions, so an answer is
-        # taken to answer the oldest one out: never a later time than the truth.
+        # When the oldest unanswered progress request was sent (None: none is out), and
+        # how many are out. Answers carry no id, and etcd may drop or merge questions,
+        # so an answer settles every question out as of the oldest: never a later time
+        # than the truth. Answers still owed to settled questions (`_owed`) prove
+        # nothing when they come, or they would be taken for answers to newer ones.
         self._progress_lock = threading.Lock()
         self._progress_asked_at: float | None = None
+        self._questions_out = 0
+        self._owed = 0
         # The revision up to which this stream has certainly sent every event in its
         # range: the snapshot's revision when it opened, then event batches' headers
         # (and, from servers that order them, progress answers').
@@ -293,7 +294,7 @@ class WatchStream:
                         self.on_events(batch.events)
                         batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
                 elif not response.created:
-                    batch = batch._replace(fresh_as_of=self._answered(batch.header_revision))
+                    batch = self._answered(batch)
                 self._responses.put(batch)
             self._responses.put(Unavailable("watch stream ended by the server"))
         except grpc.RpcError as err:
@@ -311,6 +312,7 @@ class WatchStream:
         with self._progress_lock:
             if self._progress_asked_at is None:
                 self._progress_asked_at = time.monotonic()
+            self._questions_out += 1
         self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
 
     # etcd sends a catching-up watch at most this many revisions per response, each
@@ -325,23 +327,27 @@ class WatchStream:
             return batch.header_revision
         return max(revisions)  # possibly a part of a longer catch-up
 
-    def _answered(self, revision: int) -> float:
-        """A progress answer at `revision` came: as of when it proves the stream current.
+    def _answered(self, batch: WatchBatch) -> WatchBatch:
+        """A progress answer: stamped with when its question left, and whether the
+        stream has sent every event up to its revision.
 
-        The moment its question was sent, never later: the answer may have waited in a
-        socket buffer through a freeze. And only if every event up to `revision` has
-        been sent: always so on servers that order their answers; on older ones only
-        when the stream has already delivered `revision` (after a reconnect, their
-        answer can overtake the catch-up events or the compaction notice). 0: no proof.
+        Servers that order their answers send one only then. Older ones answer at
+        once, even while a reconnected stream is still sending its catch-up or its
+        compaction notice; for them it holds only when the stream has already
+        delivered that revision.
         """
         with self._progress_lock:
-            # Every question out is settled: a later answer, with none out, proves nothing.
+            if self._owed:
+                self._owed -= 1
+                return batch
             asked, self._progress_asked_at = self._progress_asked_at, None
+            self._owed += max(0, self._questions_out - 1)
+            self._questions_out = 0
         if asked is None:
-            return 0.0
+            return batch
         if self._ordered_progress:
-            self._delivered = max(self._delivered, revision)
-        return asked if revision <= self._delivered else 0.0
+            self._delivered = max(self._delivered, batch.header_revision)
+        return batch._replace(asked_at=asked, complete=batch.header_revision <= self._delivered)
 
     def get(self, timeout: float) -> WatchBatch | None:
         """The next batch, None after `timeout` of silence, or an EtcdError raised."""

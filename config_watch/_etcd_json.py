@@ -55,7 +55,18 @@ class JsonGatewayClient:
             raise ConfigurationError(f"{names}: cannot load TLS files: {exc}") from None
         return context
 
+    def version(self, timeout: float) -> str:
+        """The etcd release of the member (`GET /version`, open to any client)."""
+        payload = self._request("GET", "/version", None, timeout)
+        version = payload.get("etcdserver")
+        if not isinstance(version, str):
+            raise EtcdError(f"/version answered without a server version: {str(payload)[:200]}")
+        return version
+
     def _post(self, path: str, body: dict, timeout: float) -> dict:
+        return self._request("POST", path, body, timeout)
+
+    def _request(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
         endpoint = self._settings.endpoints[self.index]
         if self._ssl is not None:
             conn = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=timeout, context=self._ssl)
@@ -65,7 +76,7 @@ class JsonGatewayClient:
         if self._token and path != "/v3/auth/authenticate":
             headers["Authorization"] = self._token
         try:
-            conn.request("POST", path, json.dumps(body), headers)
+            conn.request(method, path, None if body is None else json.dumps(body), headers)
             response = conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, TLS refused

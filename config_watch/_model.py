@@ -37,8 +37,10 @@ class WatchBatch(NamedTuple):
 
     header_revision: int
     events: tuple[Event, ...] = ()
-    # time.monotonic() as of which this batch proves the stream was current (0: it
-    # proves nothing). Only the answer to a progress request proves that, and only as
-    # of when the question was sent: a reply (or event) read after a freeze may have
-    # sat in a socket buffer for the whole freeze.
-    fresh_as_of: float = 0.0
+    # For the answer to a progress request: time.monotonic() when the oldest question
+    # it settles was sent (0: not such an answer). Only these answers speak of the
+    # present, and only as of the question: a reply (or event) read after a freeze
+    # may have sat in a socket buffer for the whole freeze.
+    asked_at: float = 0.0
+    # The stream has sent every event up to `header_revision` before this answer.
+    complete: bool = False

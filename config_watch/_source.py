@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from ._errors import GatewayRefused, covering_range
+from ._errors import EtcdError, GatewayRefused, covering_range
 from ._etcd_json import JsonGatewayClient
 from ._settings import Settings
 
@@ -24,6 +24,9 @@ class EtcdSource:
         self._grpc = None  # an EtcdClient, made by the first watch
         # Set once the JSON gateway refuses this client: lists then go over gRPC too.
         self._lists_over_grpc = False
+        # The release of the member the current watch reads from (None: not known).
+        self.server_version: str | None = None
+        self._version_unknown_logged = False
 
     @property
     def endpoint(self) -> str:
@@ -71,7 +74,29 @@ class EtcdSource:
         return self._grpc
 
     def watch(self, start_revision: int):
-        return self._client().watch(self._start, self._end, start_revision)
+        client = self._client()
+        from ._etcd import ordered_progress
+
+        # Asked for every watch: behind a name or a load balancer, a reconnect can
+        # reach another member, of another release in the middle of an upgrade.
+        self.server_version = self._version(client)
+        ordered = self.server_version is not None and ordered_progress(self.server_version)
+        return client.watch(self._start, self._end, start_revision, ordered_progress=ordered)
+
+    def _version(self, client) -> str | None:
+        timeout = self._settings.request_timeout
+        errors = []
+        for ask in (self._json.version, client.server_version):
+            try:
+                return ask(timeout)
+            except EtcdError as exc:  # the watch itself will say whether etcd is there
+                errors.append(str(exc))
+        if not self._version_unknown_logged:
+            self._version_unknown_logged = True
+            log.warning("etcd's version is unknown; its progress answers are taken as unordered "
+                        "(a request may pay a check more often)",
+                        extra={"json_fields": {"errors": errors}})
+        return None
 
     def rotate(self) -> str:
         self._index = (self._index + 1) % len(self._settings.endpoints)

@@ -192,11 +192,12 @@ class ConfigWatcher:
             stream.close()
 
     def handle_watch(self, stream: Stream) -> None:
-        # A progress request every third of the dead-stream bound: its answers keep a
-        # silent stream talking well inside the bound, and they are the watch's only
-        # proof of being current. Events prove nothing about the present: read after a
+        # A progress request every third of the dead-stream bound (or half the
+        # staleness bound, if shorter): its answers keep a silent stream talking well
+        # inside the one, and they are the watch's only proof of being current, due
+        # well inside the other. Events prove nothing about the present: read after a
         # freeze, they may be old.
-        tick = self.settings.dead_stream / 3
+        tick = min(self.settings.dead_stream / 3, self.settings.staleness / 2)
         last_response = self._clock()
         asked_at: float | None = None
         while not self._stop.is_set():
@@ -222,8 +223,11 @@ class ConfigWatcher:
             self.connected = True
             self.last_error = None
             self._backoff.reset()
-            if batch.fresh_as_of:
-                self._contact(min(now, batch.fresh_as_of))
+            if batch.asked_at and (batch.complete or batch.header_revision <= self.store.current.revision):
+                # Current as of the question: etcd was at most at the answer's revision
+                # then, and everything up to it is in the snapshot (through the stream,
+                # or through a list or check that reached that far).
+                self._contact(min(now, batch.asked_at))
             if batch.events:
                 self.apply(batch.events)
 
@@ -354,6 +358,7 @@ class ConfigWatcher:
             "staleness_seconds": round(staleness, 3),
             "stale": staleness > self.settings.staleness,
             "endpoint": self.endpoint,
+            "etcd_version": getattr(self._source, "server_version", None),
             "last_error": self.last_error,
             "rejected": [r.to_json() for r in snapshot.rejected.values()],
             "counters": dict(self.counters),

@@ -10,6 +10,8 @@ import pytest
 
 from config_watch import RATE_LIMIT, EtcdError, Settings
 from config_watch._etcd import EtcdClient, ordered_progress
+from config_watch._source import EtcdSource
+from tests.conftest import PREFIXES
 from tests.support import wait_until
 from tools.etcd_server import EtcdCluster
 
@@ -201,7 +203,7 @@ def test_only_progress_answers_prove_freshness_and_as_of_their_question(etcd):
     stream = client.watch(b"/config/", b"/config0", etcd.revision() + 1)
     try:
         created = stream.get(timeout=5)
-        assert created is not None and not created.events and created.fresh_as_of == 0.0
+        assert created is not None and not created.events and created.asked_at == 0.0
         before = time.monotonic()
         stream.request_progress()
         middle = time.monotonic()
@@ -210,38 +212,64 @@ def test_only_progress_answers_prove_freshness_and_as_of_their_question(etcd):
         answer = stream.get(timeout=5)
         assert answer is not None and not answer.events
         # As of the oldest question out, not of the reply; both questions settled.
-        assert before <= answer.fresh_as_of <= middle
+        assert before <= answer.asked_at <= middle and answer.complete
         second = stream.get(timeout=5)
-        assert second is not None and not second.events and second.fresh_as_of == 0.0
+        assert second is not None and not second.events and second.asked_at == 0.0
         etcd.etcdctl("put", RATE_LIMIT, "7")
         event = stream.get(timeout=5)
-        assert event is not None and event.events and event.fresh_as_of == 0.0
+        assert event is not None and event.events and event.asked_at == 0.0
         stream.request_progress()  # answered, so a new question goes out
-        assert stream.get(timeout=5).fresh_as_of > after
+        assert stream.get(timeout=5).asked_at > after
     finally:
         stream.close()
         client.close()
 
 
-def test_progress_answer_after_writes_outside_the_range_proves_only_on_ordering_servers(etcd):
+def test_progress_answer_after_writes_outside_the_range_is_complete_only_from_ordering_servers(etcd):
     """etcd moved on (other keys) past where the stream started: the answer's revision is
     ahead of anything the stream delivered. Only a server that orders its answers after
-    the stream's events (3.5.8+) lets that answer prove the stream current."""
-    client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": etcd.endpoint}))
+    the stream's events (3.5.13+) says the stream is complete through it."""
+    source = EtcdSource(Settings.from_env({"ETCD_ENDPOINTS": etcd.endpoint}), PREFIXES)
     start = etcd.revision() + 1
     for value in ("a", "b"):
         etcd.etcdctl("put", "/elsewhere/key", value)
-    stream = client.watch(b"/config/", b"/config0", start)
+    stream = source.watch(start)
     try:
+        client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": etcd.endpoint}))
+        try:  # the open /version and Maintenance.Status agree
+            assert source.server_version == client.server_version(timeout=5)
+        finally:
+            client.close()
         assert not stream.get(timeout=5).events  # created
         stream.request_progress()
         answer = stream.get(timeout=5)
         assert answer is not None and not answer.events and answer.header_revision == start + 1
-        ordered = ordered_progress(client.server_version(timeout=5))
-        assert (answer.fresh_as_of > 0) is ordered
+        assert answer.asked_at > 0
+        assert answer.complete is ordered_progress(source.server_version)
     finally:
         stream.close()
-        client.close()
+        source.close()
+
+
+def test_watcher_counts_an_answer_the_snapshot_covers_even_from_an_unordered_server(etcd, make_watcher):
+    """A write outside the watched keys puts etcd's answers ahead of the stream; once a
+    check has brought the snapshot to that revision, the answers prove it current again."""
+    watcher = make_watcher(etcd.endpoint, ETCD_DEAD_STREAM_SECONDS=60, CONFIG_STALENESS_SECONDS=0.4)
+    assert watcher.wait_synced(5)
+    wait_until(lambda: watcher.connected and watcher.staleness() < 0.4, 5)
+    etcd.etcdctl("put", "/elsewhere/key", "x")
+    target = etcd.revision()
+    wait_until(lambda: watcher.staleness() > 0.4 or watcher.store.current.revision >= target, 5)
+    watcher.ensure_fresh()  # a check, on a server whose answers are unordered
+    assert watcher.store.current.revision == target
+    checks = watcher.counters["checks"]
+    # Answers at the snapshot's revision prove it current: no further check is needed.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert watcher.staleness() < 0.4 + 0.2, watcher.staleness()
+        watcher.ensure_fresh()
+        time.sleep(0.05)  # sampling over a window of time is the point here
+    assert watcher.counters["checks"] == checks
 
 
 def test_progress_answer_on_a_catching_up_stream_proves_nothing_before_the_catch_up(etcd):
@@ -259,7 +287,7 @@ def test_progress_answer_on_a_catching_up_stream_proves_nothing_before_the_catch
             assert batch is not None, "stream went silent"
             if batch.events:
                 seen = max(seen, max(e.mod_revision for e in batch.events))
-            elif batch.fresh_as_of:
+            elif batch.asked_at and batch.complete:
                 # Proof of freshness only once everything up to the answer was delivered.
                 assert seen >= batch.header_revision == last
                 break

@@ -84,7 +84,7 @@ def open_stream():
 
 def test_created_response_and_an_unasked_answer_prove_nothing(open_stream):
     stream, reply, _ = open_stream(11)
-    assert reply(progress(10)).fresh_as_of == 0.0  # nothing was asked
+    assert reply(progress(10)).asked_at == 0.0  # nothing was asked
 
 
 def test_answer_counts_as_of_the_oldest_question_out(open_stream):
@@ -94,8 +94,8 @@ def test_answer_counts_as_of_the_oldest_question_out(open_stream):
     time.sleep(0.01)  # two questions at distinguishable times
     stream.request_progress()
     answer = reply(progress(10))
-    assert first <= answer.fresh_as_of < first + 0.01
-    assert reply(progress(10)).fresh_as_of == 0.0  # both were settled by the first answer
+    assert first <= answer.asked_at < first + 0.01 and answer.complete
+    assert reply(progress(10)).asked_at == 0.0  # both were settled by the first answer
     # Both questions went out: etcd drops one asked while a watch catches up.
     wait_until(lambda: sum(r.HasField("progress_request") for r in call.sent) == 2, 5)
 
@@ -103,16 +103,16 @@ def test_answer_counts_as_of_the_oldest_question_out(open_stream):
 def test_old_server_answer_ahead_of_the_delivered_events_proves_nothing(open_stream):
     stream, reply, _ = open_stream(11)  # the snapshot holds everything to 10
     stream.request_progress()
-    assert reply(progress(14)).fresh_as_of == 0.0  # etcd is at 14; events 11..14 may be on the way
+    assert not reply(progress(14)).complete  # etcd is at 14; events 11..14 may be on the way
     reply(events(14, 12, 14))
     stream.request_progress()
-    assert reply(progress(14)).fresh_as_of > 0
+    assert reply(progress(14)).complete
 
 
 def test_old_server_answer_within_the_delivered_revision_proves(open_stream):
     stream, reply, _ = open_stream(11)
     stream.request_progress()
-    assert reply(progress(10)).fresh_as_of > 0  # nothing happened since the snapshot
+    assert reply(progress(10)).complete  # nothing happened since the snapshot
 
 
 def test_split_catch_up_does_not_count_as_complete_until_its_last_part(open_stream):
@@ -120,13 +120,26 @@ def test_split_catch_up_does_not_count_as_complete_until_its_last_part(open_stre
     # etcd stamps every part of a long catch-up with its current revision (3000).
     reply(events(3000, *range(11, 1011)))
     stream.request_progress()
-    assert reply(progress(3000)).fresh_as_of == 0.0  # overtook the rest of the catch-up
+    assert not reply(progress(3000)).complete  # overtook the rest of the catch-up
     reply(events(3000, *range(1011, 1500)))
     stream.request_progress()
-    assert reply(progress(3000)).fresh_as_of > 0
+    assert reply(progress(3000)).complete
 
 
 def test_ordering_server_answer_proves_even_ahead_of_the_events(open_stream):
     stream, reply, _ = open_stream(11, ordered=True)
     stream.request_progress()
-    assert reply(progress(14)).fresh_as_of > 0  # such a server answers only once caught up
+    assert reply(progress(14)).complete  # such a server answers only once caught up
+
+
+def test_answer_owed_to_a_settled_question_is_not_taken_for_a_newer_one(open_stream):
+    """q1 and q2 out, a1 settles both; q3 goes out before a2 (made before q3) is read."""
+    stream, reply, _ = open_stream(11)
+    stream.request_progress()
+    stream.request_progress()
+    assert reply(progress(10)).asked_at > 0  # a1
+    time.sleep(0.01)  # q3 distinguishably later
+    third = time.monotonic()
+    stream.request_progress()
+    assert reply(progress(10)).asked_at == 0.0  # a2: owed to q2, proves nothing about q3's time
+    assert reply(progress(10)).asked_at >= third  # a3

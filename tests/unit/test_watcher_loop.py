@@ -402,11 +402,11 @@ def test_progress_answer_proves_freshness_as_of_its_question(make_watcher):
     asked = clock()
     clock.advance(3)
     # The answer to a question sent before the freeze, read after it: still stale.
-    stream.push(WatchBatch(7, fresh_as_of=asked))
+    stream.push(WatchBatch(7, asked_at=asked, complete=True))
     wait_until(lambda: watcher.connected, timeout=5)
     assert watcher.staleness() == 3
     # The answer to a question sent now.
-    stream.push(WatchBatch(7, fresh_as_of=clock() - 0.25))
+    stream.push(WatchBatch(7, asked_at=clock() - 0.25, complete=True))
     wait_until(lambda: watcher.staleness() == 0.25, timeout=5, message="fresh as of the question")
     assert watcher.ensure_fresh() is watcher.store.current
     assert source.count("check") == 0
