@@ -35,7 +35,9 @@ def _interrupt(signum, frame):
 
 
 def main() -> int:
-    # `make` run under a supervisor gets SIGTERM, not Ctrl-C: stop both children either way.
+    # `make` run under a supervisor gets SIGTERM, not Ctrl-C: stop both children either
+    # way. SIGINT too, explicitly: started in the background, it would be ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     data_dir = ROOT / ".local" / "etcd-data"
