@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from ._errors import EtcdError, GatewayRefused, covering_range
+from ._errors import EtcdError, GatewayRefused, Unavailable, covering_range
 from ._etcd_json import JsonGatewayClient
 from ._settings import Settings
 
@@ -84,12 +84,17 @@ class EtcdSource:
         return client.watch(self._start, self._end, start_revision, ordered_progress=ordered)
 
     def _version(self, client) -> str | None:
-        timeout = self._settings.request_timeout
+        # Not knowing is always safe (answers are then taken as unordered), so this
+        # must never hold up the watch: a short deadline, and no second try at a member
+        # that cannot be reached (the watch itself will find that out and move on).
+        timeout = self._settings.check_timeout
         errors = []
         for ask in (self._json.version, client.server_version):
             try:
                 return ask(timeout)
-            except EtcdError as exc:  # the watch itself will say whether etcd is there
+            except Unavailable:
+                return None
+            except EtcdError as exc:  # answered, but not with a version: ask the other way
                 errors.append(str(exc))
         if not self._version_unknown_logged:
             self._version_unknown_logged = True

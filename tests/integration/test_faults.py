@@ -325,3 +325,26 @@ def test_lists_fall_back_to_grpc_when_the_json_gateway_is_off(tmp_path, make_wat
         assert watcher.store.current[RATE_LIMIT] == 41
         server.etcdctl("put", RATE_LIMIT, "42")
         wait_until(lambda: watcher.store.current[RATE_LIMIT] == 42, 10, message="watch running")
+
+
+def test_asking_an_unreachable_members_version_does_not_hold_up_the_watch():
+    """A member that accepts connections and never answers (a blackholed VM): the version
+    lookup gives up within its short deadline, once, and the watch opens regardless."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes handshakes; nothing ever answers
+        endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
+        settings = Settings.from_env({"ETCD_ENDPOINTS": endpoint, "CONFIG_CHECK_TIMEOUT_SECONDS": "0.3",
+                                      "ETCD_REQUEST_TIMEOUT_SECONDS": "3"})
+        source = EtcdSource(settings, PREFIXES)
+        started = time.monotonic()
+        stream = source.watch(1)
+        try:
+            elapsed = time.monotonic() - started
+            assert source.server_version is None
+            assert elapsed < 1.5, elapsed  # one 0.3 s try, not two 3 s ones
+        finally:
+            stream.close()
+            source.close()
