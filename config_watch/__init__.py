@@ -6,28 +6,40 @@ A request calls `snapshot()` once and reads every value from that one object.
 from ._errors import AuthError, Compacted, EtcdError, Unavailable
 from ._runtime import ConfigRuntime, get_runtime, reset_runtime, snapshot, status
 from ._schema import (
+    BREAKER_FAILURES,
+    BREAKER_HALF_OPEN_SUCCESSES,
+    BREAKER_OPEN_SECONDS,
+    EXPERIMENTS,
     FEATURES,
     GLOBAL_PREFIX,
     MAINTENANCE_MODE,
     RATE_LIMIT,
     RATE_LIMIT_BURST,
+    RATE_LIMIT_SCOPE,
+    RATE_LIMITS,
     SCHEMA,
     THREADS,
+    UPSTREAM_TIMEOUT_MS,
     InvalidValue,
     KeySpec,
+    RateRule,
     Schema,
+    Variant,
     service_prefix,
 )
+from .experiments import assign, assignments, experiments_header, variant_for
 from ._settings import Settings, SettingsError
 from ._snapshot import Snapshot, SnapshotStore
 from ._watcher import ConfigWatcher
 
 __all__ = [
-    "AuthError", "Compacted", "ConfigRuntime", "ConfigWatcher", "EtcdClient", "EtcdError",
-    "FEATURES", "GLOBAL_PREFIX", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT",
-    "RATE_LIMIT_BURST", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
-    "SnapshotStore", "THREADS", "Unavailable", "get_runtime", "reset_runtime", "service_prefix",
-    "snapshot", "status",
+    "AuthError", "BREAKER_FAILURES", "BREAKER_HALF_OPEN_SUCCESSES", "BREAKER_OPEN_SECONDS", "Compacted",
+    "ConfigRuntime", "ConfigWatcher", "EXPERIMENTS", "EtcdClient", "EtcdError", "FEATURES", "GLOBAL_PREFIX",
+    "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT", "RATE_LIMITS", "RATE_LIMIT_BURST",
+    "RATE_LIMIT_SCOPE", "RateRule", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
+    "SnapshotStore", "THREADS", "UPSTREAM_TIMEOUT_MS", "Unavailable", "Variant", "assign", "assignments",
+    "experiments_header", "get_runtime", "reset_runtime", "service_prefix", "snapshot", "status",
+    "variant_for",
 ]
 
 

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from ._model import Event, KeyValue
-from ._schema import FEATURES, SCHEMA, InvalidValue, Schema
+from ._schema import FEATURES, SCHEMA, InvalidValue, Schema, Value
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ _PREVIEW_BYTES = 64
 
 
 class Accepted(NamedTuple):
-    value: int | bool
+    value: Value
     mod_revision: int
 
 
@@ -36,6 +36,14 @@ class Rejection(NamedTuple):
         return {"key": self.key, "value": self.value_preview, "revision": self.revision, "reason": self.reason}
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _family_label(path: str) -> str:
+    """`/config/services/api-gateway/rate-limits/` → `rate_limits`."""
+    return path.rstrip("/").rsplit("/", 1)[-1].replace("-", "_")
+
+
 def _preview(raw: bytes) -> str:
     text = raw[:_PREVIEW_BYTES].decode("utf-8", errors="replace")
     return text + ("…" if len(raw) > _PREVIEW_BYTES else "")
@@ -44,7 +52,8 @@ def _preview(raw: bytes) -> str:
 class Snapshot:
     """The typed configuration at one etcd revision."""
 
-    __slots__ = ("revision", "synced", "accepted", "rejected", "values", "features", "_schema", "_prefixes", "_json")
+    __slots__ = ("revision", "synced", "accepted", "rejected", "values", "families", "features", "_schema",
+                 "_prefixes", "_json")
 
     def __init__(
         self,
@@ -73,9 +82,14 @@ class Snapshot:
         for spec in pending:
             values[spec.path] = values.get(spec.default_from, schema.spec_for(spec.default_from).default)
         self.values = MappingProxyType(values)
-        self.features = MappingProxyType(
-            {k[len(FEATURES):]: a.value for k, a in self.accepted.items() if k.startswith(FEATURES)}
-        )
+        # Open families (features, experiments, rate-limit rules): family path → {name: value}.
+        families: dict[str, dict[str, Value]] = {f.path: {} for f in schema.families_under(self._prefixes)}
+        for key, accepted_value in self.accepted.items():
+            family = schema.family_of(key)
+            if family is not None:
+                families.setdefault(family.path, {})[family.name_of(key)] = accepted_value.value
+        self.families = MappingProxyType({path: MappingProxyType(members) for path, members in families.items()})
+        self.features = self.families.get(FEATURES, MappingProxyType({}))
         self._json: dict[str, Any] | None = None
 
     @classmethod
@@ -92,6 +106,10 @@ class Snapshot:
 
     def feature(self, name: str) -> bool:
         return bool(self.features.get(name, False))
+
+    def family(self, path: str) -> Mapping[str, Value]:
+        """Every member of the open family at `path` (e.g. EXPERIMENTS), by name."""
+        return self.families.get(path, _EMPTY)
 
     def in_scope(self, key: str) -> bool:
         return key.startswith(self._prefixes)
@@ -169,16 +187,28 @@ class Snapshot:
         return Snapshot(revision, accepted, rejected, self._prefixes, True, self._schema), rejections
 
     def same_config(self, other: "Snapshot") -> bool:
-        return self.values == other.values and self.features == other.features
+        return self.values == other.values and self.families == other.families
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot as plain JSON data; built once (the snapshot never changes), not to be mutated."""
+        """The snapshot as plain JSON data; built once (the snapshot never changes), not to be mutated.
+
+        Each open family appears under its last path segment (`features`,
+        `experiments`, `rate_limits`), structured values in their etcd text form.
+        """
         if self._json is None:
-            self._json = {"revision": self.revision, "values": dict(self.values), "features": dict(self.features)}
+            out: dict[str, Any] = {"revision": self.revision, "values": dict(self.values), "features": {}}
+            for path, members in self.families.items():
+                spec = self._schema.family_spec(path)
+                out[_family_label(path)] = {
+                    name: value if isinstance(value, (bool, int)) else spec.format(value)
+                    for name, value in members.items()
+                }
+            self._json = out
         return self._json
 
     def __repr__(self) -> str:
-        return f"Snapshot(revision={self.revision}, synced={self.synced}, values={dict(self.values)}, features={dict(self.features)})"
+        families = {_family_label(p): dict(m) for p, m in self.families.items() if m}
+        return f"Snapshot(revision={self.revision}, synced={self.synced}, values={dict(self.values)}, families={families})"
 
 
 class SnapshotStore:

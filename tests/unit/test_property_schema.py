@@ -18,6 +18,9 @@ from config_watch import (
     service_prefix,
 )
 from config_watch._model import Event, KeyValue
+from config_watch._schema import (
+    BREAKER_FAILURES, EXPERIMENTS, RATE_LIMIT_SCOPE, RATE_LIMITS, RateRule, Variant,
+)
 
 PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
 SPECS = st.sampled_from(SCHEMA.specs)
@@ -40,6 +43,13 @@ raw_values = st.one_of(
 def within_spec(spec, value) -> bool:
     if spec.type == "bool":
         return type(value) is bool
+    if spec.type == "enum":
+        return value in spec.choices
+    if spec.type == "split":
+        return (sum(v.weight for v in value) == 100 and len({v.name for v in value}) == len(value)
+                and all(0 <= v.weight <= 100 for v in value))
+    if spec.type == "rule":
+        return value.prefix.startswith("/") and 0 <= value.rate and 1 <= value.burst
     if type(value) is not int:
         return False
     return (spec.minimum is None or value >= spec.minimum) and (spec.maximum is None or value <= spec.maximum)
@@ -54,9 +64,34 @@ def test_parse_returns_a_valid_value_or_raises_invalid_value(spec, raw):
     assert within_spec(spec, value), (spec.path, raw, value)
 
 
+variant_names = st.from_regex(r"[a-z0-9-]{1,32}", fullmatch=True)
+
+
+@st.composite
+def splits(draw):
+    names = draw(st.lists(variant_names, min_size=1, max_size=6, unique=True))
+    cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=len(names) - 1, max_size=len(names) - 1)))
+    bounds = [0, *cuts, 100]
+    return tuple(Variant(n, bounds[i + 1] - bounds[i]) for i, n in enumerate(names))
+
+
+rules = st.builds(
+    RateRule,
+    st.from_regex(r"/[a-zA-Z0-9/_.-]{0,40}", fullmatch=True),
+    st.integers(0, 1_000_000),
+    st.integers(1, 1_000_000),
+)
+
+
 def valid_values(spec):
     if spec.type == "bool":
         return st.booleans()
+    if spec.type == "enum":
+        return st.sampled_from(spec.choices)
+    if spec.type == "split":
+        return splits()
+    if spec.type == "rule":
+        return rules
     return st.integers(min_value=spec.minimum, max_value=spec.maximum)
 
 
@@ -71,6 +106,7 @@ def test_format_then_parse_round_trips(data, spec):
 KEYS = [
     RATE_LIMIT, RATE_LIMIT_BURST, MAINTENANCE_MODE,
     FEATURES + "new-user-onboarding", FEATURES + "beta",
+    EXPERIMENTS + "checkout", RATE_LIMITS + "jobs", RATE_LIMIT_SCOPE, BREAKER_FAILURES,
     GLOBAL_PREFIX + "unknown",  # in scope, not in the schema: always rejected
     THREADS,  # another service's key: out of scope for the gateway
     "/config/other/x",
@@ -107,8 +143,9 @@ def event_batches(draw):
 
 def expected_values(model: dict) -> dict:
     values = {}
-    for key in (RATE_LIMIT, MAINTENANCE_MODE):
-        values[key] = model.get(key, SCHEMA.spec_for(key).default)
+    for spec in SCHEMA.exact_keys_under(PREFIXES):
+        if spec.default_from is None:
+            values[spec.path] = model.get(spec.path, spec.default)
     values[RATE_LIMIT_BURST] = model.get(RATE_LIMIT_BURST, values[RATE_LIMIT])
     return values
 
@@ -153,7 +190,9 @@ def test_apply_never_raises_and_publishes_only_valid_values(batches):
         if revision == before.revision:
             assert snap is before  # a replay publishes nothing new
         assert dict(snap.values) == expected_values(model)
-        assert dict(snap.features) == {k[len(FEATURES):]: v for k, v in model.items() if k.startswith(FEATURES)}
+        for family in (FEATURES, EXPERIMENTS, RATE_LIMITS):
+            assert dict(snap.family(family)) == {
+                k[len(family):]: v for k, v in model.items() if k.startswith(family)}
         for key, accepted in snap.accepted.items():
             spec = SCHEMA.spec_for(key)
             assert spec is not None and within_spec(spec, accepted.value)

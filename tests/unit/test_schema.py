@@ -198,3 +198,56 @@ def test_schema_command_prints_every_key_as_json():
     assert keys[RATE_LIMIT]["default"] == 100
     assert keys[THREADS]["minimum"] == 1 and keys[THREADS]["maximum"] == 256
     assert keys[RATE_LIMIT_BURST]["default_from"] == RATE_LIMIT
+
+
+# --- enum, split and rule values -----------------------------------------------------
+
+from config_watch import EXPERIMENTS, RATE_LIMIT_SCOPE, RATE_LIMITS, RateRule, Variant  # noqa: E402
+
+
+def test_scope_accepts_its_choices_in_any_case_and_nothing_else():
+    s = spec(RATE_LIMIT_SCOPE)
+    assert s.parse(b" Cluster ") == "cluster" and s.parse(b"process") == "process"
+    with pytest.raises(InvalidValue, match="expected one of cluster, process"):
+        s.parse(b"global")
+
+
+def test_split_parses_variants_in_order():
+    assert spec(EXPERIMENTS + "checkout").parse(b"control: 90, treatment:10") == (
+        Variant("control", 90), Variant("treatment", 10))
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"control:90,treatment:20", "weights sum to 110, not 100"),
+    (b"control:100,control:0", "listed twice"),
+    (b"Control:100", "names of"),
+    (b"control", "names of"),
+    (b"control:-5,treatment:105", "below minimum 0"),
+    (b"control:1.5,treatment:98.5", "expected an integer"),
+    (b",".join(b"v%d:0" % i for i in range(16)) + b",last:100", "more than 16 variants"),
+])
+def test_bad_splits_are_rejected_with_the_reason(raw, reason):
+    with pytest.raises(InvalidValue, match=reason):
+        spec(EXPERIMENTS + "checkout").parse(raw)
+
+
+def test_rule_parses_with_and_without_burst():
+    s = spec(RATE_LIMITS + "jobs")
+    assert s.parse(b"prefix=/v1/jobs,rate=60,burst=10") == RateRule("/v1/jobs", 60, 10)
+    assert s.parse(b"rate=5, prefix=/v1") == RateRule("/v1", 5, 5)
+    assert s.parse(b"prefix=/,rate=0") == RateRule("/", 0, 1)
+    assert RateRule("/v1/jobs", 60, 10).policy() == "60;w=60;burst=10"
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"prefix=v1,rate=5", "must be a URL path"),
+    (b"prefix=/v1", "needs prefix= and rate="),
+    (b"prefix=/v1,rate=5,burst=0", "burst: below minimum 1"),
+    (b"prefix=/v1,rate=x", "rate: expected an integer"),
+    (b"prefix=/v1,rate=5,rate=6", "rate given twice"),
+    (b"prefix=/v1,rate=5,window=60", "expected prefix="),
+    (b"prefix=/a b,rate=5", "must be a URL path"),
+])
+def test_bad_rules_are_rejected_with_the_reason(raw, reason):
+    with pytest.raises(InvalidValue, match=reason):
+        spec(RATE_LIMITS + "jobs").parse(raw)

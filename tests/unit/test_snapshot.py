@@ -7,12 +7,19 @@ import threading
 import pytest
 
 from config_watch import (
+    BREAKER_FAILURES,
+    BREAKER_HALF_OPEN_SUCCESSES,
+    BREAKER_OPEN_SECONDS,
+    EXPERIMENTS,
     FEATURES,
     GLOBAL_PREFIX,
     MAINTENANCE_MODE,
     RATE_LIMIT,
     RATE_LIMIT_BURST,
+    RATE_LIMIT_SCOPE,
+    RATE_LIMITS,
     THREADS,
+    UPSTREAM_TIMEOUT_MS,
     Snapshot,
     SnapshotStore,
     service_prefix,
@@ -44,8 +51,12 @@ def at(revision: int, *kvs: tuple[str, str]) -> Snapshot:
 def test_defaults_is_revision_zero_unsynced_with_schema_defaults():
     snap = Snapshot.defaults(PREFIXES)
     assert snap.revision == 0 and not snap.synced
-    assert dict(snap.values) == {RATE_LIMIT: 100, RATE_LIMIT_BURST: 100, MAINTENANCE_MODE: False}
+    assert dict(snap.values) == {
+        RATE_LIMIT: 100, RATE_LIMIT_BURST: 100, MAINTENANCE_MODE: False, RATE_LIMIT_SCOPE: "cluster",
+        UPSTREAM_TIMEOUT_MS: 5000, BREAKER_FAILURES: 5, BREAKER_OPEN_SECONDS: 30, BREAKER_HALF_OPEN_SUCCESSES: 3,
+    }
     assert dict(snap.features) == {}
+    assert dict(snap.family(EXPERIMENTS)) == {} and dict(snap.family(RATE_LIMITS)) == {}
     assert snap.feature("new-user-onboarding") is False
 
 
