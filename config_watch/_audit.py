@@ -18,12 +18,14 @@ from __future__ import annotations
 import datetime
 import json
 import secrets
-from typing import Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from ._errors import EtcdError, Unavailable, prefix_range_end
-from ._etcd import EtcdClient, guarded_txn, range_by_revision
 from ._model import KeyValue
 from ._schema import ROOT
+
+if TYPE_CHECKING:
+    from ._etcd import EtcdClient
 
 AUDIT_PREFIX = "/audit/"
 # Format of an entry's value; a reader meeting a newer one still shows what it can.
@@ -118,6 +120,8 @@ def write(client: EtcdClient, keys: Iterable[str], plan: Plan, *, actor: str, re
           command: str, timeout: float, undoes: int | None = None, etcd_user: str | None = None) -> Entry | None:
     """Apply `plan` to `keys` and record it, in one transaction; the entry, or None if
     the plan changed nothing. Raises ConcurrentChange when the keys kept moving."""
+    from ._etcd import guarded_txn  # gRPC loads only for commands that talk to etcd
+
     keys = list(dict.fromkeys(keys))
     for _ in range(_ATTEMPTS):
         current = _read(client, keys, timeout)
@@ -159,10 +163,17 @@ def _text(kv: KeyValue | None) -> str | None:
     return None if kv is None else kv.value.decode("utf-8", "replace")
 
 
+def _trail(client: EtcdClient, timeout: float, **options):
+    """The entries' key-values, newest first (`options`: range_by_revision's)."""
+    from ._etcd import range_by_revision
+
+    start = AUDIT_PREFIX.encode()
+    return range_by_revision(client, start, prefix_range_end(start), timeout, **options)
+
+
 def entries(client: EtcdClient, timeout: float, key: str | None = None, limit: int = 0) -> list[Entry]:
     """Entries newest first; only those touching `key` if given; at most `limit` (0: all)."""
-    start = AUDIT_PREFIX.encode()
-    _, kvs = range_by_revision(client, start, prefix_range_end(start), timeout, limit=0 if key else limit)
+    _, kvs = _trail(client, timeout, limit=0 if key else limit)
     found = [decode(kv) for kv in kvs]
     if key:
         found = [e for e in found if e.touches(key)]
@@ -171,15 +182,12 @@ def entries(client: EtcdClient, timeout: float, key: str | None = None, limit: i
 
 def entry_at(client: EtcdClient, revision: int, timeout: float) -> Entry | None:
     """The entry of the change committed at `revision`, if the tool made it."""
-    start = AUDIT_PREFIX.encode()
-    _, kvs = range_by_revision(client, start, prefix_range_end(start), timeout,
-                               min_mod_revision=revision, max_mod_revision=revision)
+    _, kvs = _trail(client, timeout, min_mod_revision=revision, max_mod_revision=revision)
     return decode(kvs[0]) if kvs else None
 
 
 def audited_revisions(client: EtcdClient, timeout: float) -> set[int]:
-    start = AUDIT_PREFIX.encode()
-    _, kvs = range_by_revision(client, start, prefix_range_end(start), timeout, keys_only=True)
+    _, kvs = _trail(client, timeout, keys_only=True)
     return {kv.mod_revision for kv in kvs}
 
 
