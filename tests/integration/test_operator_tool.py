@@ -322,3 +322,30 @@ def test_auth_refused_and_permission_denied_write_nothing(cli, auth_etcd):
         assert entry.etcd_user == "operator" and entry.revision == revision(root)
     finally:
         root.close()
+
+
+def test_make_reset_clears_the_local_etcd_data_only_and_never_under_a_running_etcd(tmp_path, monkeypatch, capsys):
+    from tools import reset_local
+    from tools.etcd_server import EtcdServer
+
+    local = tmp_path / ".local"
+    (local / "etcd-data").mkdir(parents=True)
+    keep = [local / "env", tmp_path / ".venv" / "stamp"]
+    for path in keep:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("kept")
+    monkeypatch.setattr(reset_local, "ROOT", tmp_path)
+    monkeypatch.setattr(reset_local, "DATA_DIR", local / "etcd-data")
+    monkeypatch.setattr(reset_local, "LOG", local / "etcd.log")
+    server = EtcdServer(data_dir=str(local / "etcd-data"), log_path=str(local / "etcd.log"))
+    server.start()
+    try:
+        server.etcdctl("put", MAINTENANCE_MODE, "true")
+        assert reset_local.main() == 1
+        assert "stop it" in capsys.readouterr().err
+        assert (local / "etcd-data" / "member").is_dir()
+    finally:
+        server.stop()
+    assert reset_local.main() == 0
+    assert not (local / "etcd-data").exists() and not (local / "etcd.log").exists()
+    assert all(path.read_text() == "kept" for path in keep)
