@@ -93,6 +93,22 @@ def test_set_writes_its_audit_entry_in_the_same_transaction(cli, client):
     assert newest.actor  # the OS user by default
 
 
+def test_a_concurrent_change_is_never_recorded_as_the_wrong_old_value(client, etcd):
+    etcd.etcdctl("put", RATE_LIMIT, "100")
+    calls = []
+
+    def plan(current):
+        calls.append(current[RATE_LIMIT].value)
+        if len(calls) == 1:  # another operator writes between the tool's read and its commit
+            etcd.etcdctl("put", RATE_LIMIT, "150")
+        return {RATE_LIMIT: "200"}
+
+    entry = _audit.write(client, [RATE_LIMIT], plan, actor="t", reason=None, command="set", timeout=3)
+    assert calls == [b"100", b"150"]  # the first commit was refused by its compare, then planned again
+    assert [(c.old, c.new) for c in entry.changes] == [("150", "200")]
+    assert len(_audit.entries(client, 3)) == 1
+
+
 def test_audit_entries_survive_compaction_and_list_newest_first(cli, client, etcd):
     for limit in ("10", "20", "30"):
         assert cli("set", RATE_LIMIT, limit, "--reason", f"to {limit}").status == 0
