@@ -414,7 +414,7 @@ def cmd_rollback(args, etcd: Etcd) -> int:
     if entry is None:
         print(f"nothing to change: {key} already has its value as at revision {revision} ({_show_value(target)})")
     else:
-        _report(entry, f"restored {key} as at revision {revision}")
+        _report(entry, f"{key} as at revision {revision} written")
     return 0
 
 
@@ -452,7 +452,7 @@ def _undo(args, etcd: Etcd, target: str) -> int:
     if result is None:
         print(f"nothing to change: every key already has its value from before revision {entry.revision}")
     else:
-        _report(result, f"undid revision {entry.revision}")
+        _report(result, f"change of revision {entry.revision} undone")
     return 0
 
 
@@ -517,7 +517,8 @@ def identity_token(audience: str) -> str:
         token = out.stdout.strip()
         if out.returncode == 0 and token:
             return token
-        second = _short(Exception((out.stderr.strip().splitlines() or ["no token printed"])[-1]))
+        lines = [line for line in out.stderr.splitlines() if line.strip()] or ["no token printed"]
+        second = _short(Exception(next((line for line in lines if line.startswith("ERROR:")), lines[0])))
     raise CliError(f"cannot get an identity token: google-auth: {first}; gcloud: {second}; "
                    "log in with `gcloud auth login` or set GOOGLE_APPLICATION_CREDENTIALS to a service account key")
 
