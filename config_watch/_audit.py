@@ -61,7 +61,8 @@ class Entry(NamedTuple):
     etcd_user: str | None = None
 
     def touches(self, key: str) -> bool:
-        return any(c.key == key for c in self.changes)
+        """Whether a change of this entry is to `key` (or under it, for a key ending in /)."""
+        return any(_under(c.key, key) for c in self.changes)
 
 
 class Unaudited(NamedTuple):
@@ -70,6 +71,10 @@ class Unaudited(NamedTuple):
     revision: int
     key: str
     value: str | None
+
+
+def _under(key: str, wanted: str) -> bool:
+    return key == wanted or (wanted.endswith("/") and key.startswith(wanted))
 
 
 def entry_key(now: datetime.datetime) -> str:
@@ -195,8 +200,11 @@ def unaudited(client: EtcdClient, timeout: float, shown: Iterable[Entry], key: s
     """Changes without an entry, newest first: a key under /config/ whose current mod
     revision has no entry, and an old value an entry replaced that no entry wrote."""
     audited = audited_revisions(client, timeout)
-    if key:
+    if key and not key.endswith("/"):
         start, end = key.encode(), key.encode() + b"\0"
+    elif key:
+        start = key.encode()
+        end = prefix_range_end(start)
     else:
         start = ROOT.encode()
         end = prefix_range_end(start)
@@ -205,6 +213,6 @@ def unaudited(client: EtcdClient, timeout: float, shown: Iterable[Entry], key: s
              for kv in kvs if kv.mod_revision not in audited}
     for entry in shown:
         for change in entry.changes:
-            if change.old_revision and change.old_revision not in audited and (not key or change.key == key):
+            if change.old_revision and change.old_revision not in audited and (not key or _under(change.key, key)):
                 found[(change.old_revision, change.key)] = Unaudited(change.old_revision, change.key, change.old)
     return sorted(found.values(), reverse=True)

@@ -8,7 +8,7 @@
     history KEY                      the key's current and past values still in etcd's history
     rollback KEY REVISION            put back the value KEY had at REVISION, audited
     rollback REVISION                undo the audited change made at REVISION (every key it touched)
-    audit [KEY] [--limit N]          the audit trail, newest first, with unaudited changes marked
+    audit [KEY] [--limit N]          the audit trail, newest first, unaudited changes marked (KEY/: a prefix)
     seed                             write every missing key with its default, audited
     status URL [--id-token]          GET URL/_status and print it
 
@@ -108,7 +108,8 @@ class Etcd:
         try:
             self.settings = Settings.from_env(env)
         except SettingsError as exc:
-            where = "" if self.source == "ETCD_ENDPOINTS" else f" (ETCD_ENDPOINTS from {self.source})"
+            from_file = str(exc).startswith("ETCD_ENDPOINTS") and self.source != "ETCD_ENDPOINTS"
+            where = f" (ETCD_ENDPOINTS from {self.source})" if from_file else ""
             raise refused(f"bad setting: {exc}{where}") from None
         self.timeout = self.settings.request_timeout
         self._client = None
@@ -338,10 +339,17 @@ def cmd_history(args, etcd: Etcd) -> int:
     oldest = oldest_revision(etcd.client, ROOT.encode(), revision, etcd.timeout)
     print(f"# {key} at revision {revision}; etcd keeps history from revision {oldest}")
     if current is None:
-        print("# unset now (its default is in force)")
-        return 0
-    print(_history_line(key, current.mod_revision, current.value, "(current)"))
-    seen = current.mod_revision
+        # An audited delete says where the key's history ends; walk back from there.
+        deleted = next((e for e in _audit.entries(etcd.client, etcd.timeout, key=key)
+                        if any(c.key == key and c.new is None for c in e.changes)), None)
+        if deleted is None or deleted.revision <= oldest:
+            print("# unset now (its default is in force)")
+            return 0
+        print(f"{deleted.revision}\t(deleted)\t(current: its default is in force)")
+        seen = deleted.revision
+    else:
+        print(_history_line(key, current.mod_revision, current.value, "(current)"))
+        seen = current.mod_revision
     while seen > 1:
         try:
             old = etcd.client.get_at(key, seen - 1, etcd.timeout)

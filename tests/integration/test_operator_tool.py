@@ -134,6 +134,8 @@ def test_a_raw_put_shows_as_unaudited(cli, client, etcd):
     listed = cli("audit", RATE_LIMIT).out
     assert f"revision {raw}  unaudited" in listed and f"{RATE_LIMIT} = 250" in listed
     assert THREADS not in listed  # the KEY filter
+    under = cli("audit", "/config/services/").out  # a prefix
+    assert f"{RATE_LIMIT} = 250" in under and f"{THREADS} = 8" in under
 
     # Still found once the tool writes over it: the entry records the old mod revision.
     assert cli("set", RATE_LIMIT, "300").status == 0
@@ -232,6 +234,12 @@ def test_history_shows_the_current_value_with_its_revision(cli, client):
     assert lines[1] == f"{current}\t3\t(current)"
     assert [line.split("\t")[1] for line in lines[2:4]] == ["2", "1"]
     assert lines[4].startswith("# unset before revision")
+
+    assert cli("delete", RATE_LIMIT).status == 0
+    deleted = revision(client)
+    lines = cli("history", RATE_LIMIT).out.splitlines()
+    assert lines[1] == f"{deleted}\t(deleted)\t(current: its default is in force)"
+    assert lines[2] == f"{current}\t3"
 
 
 # --- revisions etcd does not have -----------------------------------------------------------
