@@ -5,7 +5,7 @@
     get [PREFIX]                     keys under /config/ with their revision; rejected values marked
     set KEY VALUE [KEY VALUE ...]    validate, then write all in one transaction, audited
     delete KEY [KEY ...]             remove keys (they fall back to their defaults), audited
-    history KEY                      the key's current and past values still in etcd's history
+    history KEY [--limit N]          the key's current and past values still in etcd's history
     rollback KEY REVISION            put back the value KEY had at REVISION, audited
     rollback REVISION                undo the audited change made at REVISION (every key it touched)
     audit [KEY] [--limit N]          the audit trail, newest first, unaudited changes marked (KEY/: a prefix)
@@ -273,7 +273,7 @@ def cmd_get(args, etcd: Etcd) -> int:
     print(f"# etcd {etcd.endpoints} (from {etcd.source}), revision {revision}")
     for kv in kvs:
         line = f"{kv.key}\t{kv.value.decode('utf-8', 'replace')}\t(mod_revision {kv.mod_revision})"
-        reason = rejection(kv.key, kv.value)
+        reason = rejection(kv.key, kv.value) if kv.key.startswith(ROOT) else None
         if reason:
             line += f"\t# rejected: {reason}"
         print(line)
@@ -291,6 +291,8 @@ def cmd_set(args, etcd: Etcd) -> int:
     wanted = {}
     specs = {}
     for key, value in zip(args.pairs[::2], args.pairs[1::2]):
+        if key in specs:
+            raise refused(f"{key} is given twice; nothing written")
         specs[key] = _spec(key)
         wanted[key] = _canonical(specs[key], key, value)
     who = _who(args)  # refuse a missing reason before touching etcd
@@ -331,6 +333,8 @@ def cmd_delete(args, etcd: Etcd) -> int:
 
 
 def cmd_history(args, etcd: Etcd) -> int:
+    if args.limit < 1:
+        raise refused("--limit takes a positive number")
     key = args.key
     current = etcd.get(key)
     revision = etcd.revision()
@@ -350,7 +354,9 @@ def cmd_history(args, etcd: Etcd) -> int:
     else:
         print(_history_line(key, current.mod_revision, current.value, "(current)"))
         seen = current.mod_revision
-    while seen > 1:
+    for _ in range(args.limit):
+        if seen <= 1:
+            break
         try:
             old = etcd.client.get_at(key, seen - 1, etcd.timeout)
         except Compacted:
@@ -361,6 +367,9 @@ def cmd_history(args, etcd: Etcd) -> int:
             break
         print(_history_line(key, old.mod_revision, old.value))
         seen = old.mod_revision
+    else:
+        if seen > 1:
+            print(f"# older values not shown: --limit {args.limit * 2}")
     return 0
 
 
@@ -642,7 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pairs", nargs="+", metavar="KEY VALUE")
     p.add_argument("--create", action="store_true", help="allow a new name in an open family (a new feature flag)")
     command("delete", cmd_delete, "delete keys in one transaction", change).add_argument("keys", nargs="+", metavar="KEY")
-    command("history", cmd_history, "a key's current and past values").add_argument("key")
+    p = command("history", cmd_history, "a key's current and past values")
+    p.add_argument("key")
+    p.add_argument("--limit", type=int, default=20, help="show at most N past values (default 20)")
     p = command("rollback", cmd_rollback, "KEY REVISION: restore one key; REVISION: undo an audited change", change)
     p.add_argument("target", nargs="+", metavar="KEY REVISION | REVISION")
     p.add_argument("--force", action="store_true", help="undo even if a key changed again since")
