@@ -109,6 +109,23 @@ def test_a_concurrent_change_is_never_recorded_as_the_wrong_old_value(client, et
     assert len(_audit.entries(client, 3)) == 1
 
 
+def test_a_commit_cut_off_midway_is_reported_in_doubt_not_as_failed(client, proxy):
+    through_proxy = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": proxy.endpoint,
+                                                  "ETCD_REQUEST_TIMEOUT_SECONDS": "0.5"}))
+
+    def plan(current):
+        proxy.stall()  # the connection goes silent as the transaction is sent
+        return {RATE_LIMIT: "200"}
+
+    before = revision(client)
+    try:
+        with pytest.raises(_audit.InDoubt, match="may have been applied: check with `python -m config_watch audit`"):
+            _audit.write(through_proxy, [RATE_LIMIT], plan, actor="t", reason=None, command="set", timeout=0.5)
+    finally:
+        through_proxy.close()
+    assert revision(client) == before
+
+
 def test_audit_entries_survive_compaction_and_list_newest_first(cli, client, etcd):
     for limit in ("10", "20", "30"):
         assert cli("set", RATE_LIMIT, limit, "--reason", f"to {limit}").status == 0
