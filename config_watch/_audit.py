@@ -27,6 +27,8 @@ from ._schema import ROOT
 if TYPE_CHECKING:
     from ._etcd import EtcdClient
 
+# Where entries live: outside /config/, so no service watches them (the etcd VM's roles
+# in terraform/templates/etcd-bootstrap.sh name the same prefix).
 AUDIT_PREFIX = "/audit/"
 # Format of an entry's value; a reader meeting a newer one still shows what it can.
 _FORMAT = 1
