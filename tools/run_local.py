@@ -65,6 +65,10 @@ def main() -> int:
     server = None
     try:
         subprocess.run([sys.executable, "-m", "config_watch", "seed"], env=env, check=True)
+        if etcd.etcdctl("get", "/config/global/maintenance-mode", "--print-value-only").strip() == "true":
+            print("\nWARNING: maintenance mode is on (kept in .local/etcd-data from an earlier run): every request "
+                  "gets 503.\n  Turn it off: .venv/bin/python -m config_watch set /config/global/maintenance-mode false"
+                  "\n  or stop and start afresh: make reset", flush=True)
         venv_etcdctl = Path(sys.executable).parent / "etcdctl"
         etcdctl_bin = os.path.relpath(venv_etcdctl, ROOT) if venv_etcdctl.exists() else etcd.etcdctl_bin
         etcdctl = f"{etcdctl_bin} --endpoints={etcd.endpoint}"
