@@ -8,7 +8,7 @@
     history KEY [--limit N]          the key's current and past values still in etcd's history
     rollback KEY REVISION            put back the value KEY had at REVISION, audited
     rollback REVISION                undo the audited change made at REVISION (every key it touched)
-    audit [KEY] [--limit N]          the audit trail, newest first, unaudited changes marked (KEY/: a prefix)
+    audit [KEY] [--limit N] [--json] the audit trail, newest first, unaudited changes marked (KEY/: a prefix)
     seed                             write every missing key with its default, audited
     status URL [--id-token]          GET URL/_status and print it
 
@@ -482,6 +482,15 @@ def cmd_audit(args, etcd: Etcd) -> int:
     items = sorted([*found, *missing], key=lambda item: item.revision, reverse=True)
     if limit:
         items = items[:limit]
+    if args.json:
+        for item in items:
+            if isinstance(item, _audit.Unaudited):
+                print(json.dumps({"revision": item.revision, "unaudited": True, "key": item.key, "value": item.value}))
+            else:
+                body = item._asdict()
+                body["changes"] = [c._asdict() for c in item.changes]
+                print(json.dumps(body))
+        return 0
     if not items:
         print("no audit entries" + (f" for {args.key}" if args.key else ""))
     for item in items:
@@ -660,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("audit", cmd_audit, "the audit trail, newest first")
     p.add_argument("key", nargs="?")
     p.add_argument("--limit", type=int, help="show at most N entries")
+    p.add_argument("--json", action="store_true", help="one JSON object per line (to export the trail)")
     command("seed", cmd_seed, "write every missing key with its default", change)
     p = command("status", cmd_status, "GET URL/_status")
     p.add_argument("url")

@@ -7,6 +7,7 @@ operator does, as a subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import NamedTuple
@@ -141,6 +142,10 @@ def test_audit_entries_survive_compaction_and_list_newest_first(cli, client, etc
     assert len(heads) == 2
     assert "delete  reason: back to default" in heads[0] and "reason: to 30" in heads[1]
     assert f"{RATE_LIMIT}: 30 -> (unset)" in listed.out
+    exported = [json.loads(line) for line in cli("audit", "--json").out.splitlines()]
+    assert [e["revision"] for e in exported] == [e.revision for e in entries]
+    assert exported[0]["changes"] == [{"key": RATE_LIMIT, "old": "30", "new": None,
+                                       "old_revision": entries[1].revision}]
 
 
 def test_a_raw_put_shows_as_unaudited(cli, client, etcd):
