@@ -141,8 +141,10 @@ def write(client: EtcdClient, keys: Iterable[str], plan: Plan, *, actor: str, re
         )
         now = datetime.datetime.now(datetime.timezone.utc)
         key = entry_key(now)
-        value = _encode(now.isoformat().replace("+00:00", "Z"), actor, reason, command, changes, undoes, etcd_user)
-        expect = {c.key: c.old_revision for c in changes}
+        time = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        value = _encode(time, actor, reason, command, changes, undoes, etcd_user)
+        # Every key the plan read, changed or not: its premises must still hold at commit.
+        expect = {k: kv.mod_revision if kv else 0 for k, kv in current.items()}
         expect[key] = 0
         try:
             succeeded, revision = guarded_txn(client, expect, {**wanted, key: value}, timeout)
@@ -152,8 +154,9 @@ def write(client: EtcdClient, keys: Iterable[str], plan: Plan, *, actor: str, re
                 raise
             succeeded = True
         if succeeded:
-            return Entry(revision, key, json.loads(value)["time"], actor, reason, command, changes, undoes, etcd_user)
-    raise ConcurrentChange(f"{', '.join(keys)} kept changing while the tool wrote; nothing was written")
+            return Entry(revision, key, time, actor, reason, command, changes, undoes, etcd_user)
+    raise ConcurrentChange(f"{', '.join(keys)} kept changing while the tool wrote; nothing was written: "
+                           "see who changes them (python -m config_watch audit) and try again")
 
 
 def _landed(client: EtcdClient, key: str, timeout: float, cause: Exception) -> int | None:

@@ -73,8 +73,12 @@ def find_local_env(start: Path | None = None) -> Path | None:
 
 
 def read_local_env(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc} (rerun `make run` to rewrite it)") from None
     values = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -97,7 +101,7 @@ def etcd_environment() -> tuple[dict[str, str], str]:
         if local.get("ETCD_ENDPOINTS"):
             env.update(local)
             return env, f"{path}, written by make run"
-    return env, "the default; set ETCD_ENDPOINTS"
+    return env, "the default: ETCD_ENDPOINTS unset, no .local/env"
 
 
 class Etcd:
