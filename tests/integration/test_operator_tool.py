@@ -109,6 +109,14 @@ def test_a_concurrent_change_is_never_recorded_as_the_wrong_old_value(client, et
     assert [(c.old, c.new) for c in entry.changes] == [("150", "200")]
     assert len(_audit.entries(client, 3)) == 1
 
+    def busy(current):  # someone changes the key every time: the tool gives up, writing nothing
+        etcd.etcdctl("put", RATE_LIMIT, str(int(current[RATE_LIMIT].value) + 1))
+        return {RATE_LIMIT: "300"}
+
+    with pytest.raises(_audit.ConcurrentChange, match="kept changing"):
+        _audit.write(client, [RATE_LIMIT], busy, actor="t", reason=None, command="set", timeout=3)
+    assert len(_audit.entries(client, 3)) == 1 and value(client, RATE_LIMIT).value != b"300"
+
 
 def test_a_commit_cut_off_midway_is_reported_in_doubt_not_as_failed(client, proxy):
     through_proxy = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": proxy.endpoint,
