@@ -23,162 +23,15 @@ import argparse
 import difflib
 import getpass
 import json
-import os
-import re
-import socket
-import ssl
-import subprocess
 import sys
 import traceback
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
 
 from . import _audit
-from ._errors import AuthError, Compacted, ConfigurationError, EtcdError, Unavailable, prefix_range_end
+from ._cli_etcd import CliError, Etcd, flag, refused, short
+from ._cli_status import cmd_status
+from ._errors import AuthError, Compacted, ConfigurationError, EtcdError, Unavailable
 from ._schema import ROOT, SCHEMA, InvalidValue, KeySpec
-from ._settings import Settings, SettingsError
-
-# Where `make run` records the endpoint it started etcd on (git-ignored).
-LOCAL_ENV = Path(".local") / "env"
-# The only setting read from that file: the rest stay the operator's to set.
-_LOCAL_SETTINGS = ("ETCD_ENDPOINTS",)
-# How much of a server's error text a message repeats.
-_DETAIL_CHARS = 200
-
-
-class CliError(Exception):
-    """A failure to report as one line; `status` 1: failed, 2: refused."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def refused(message: str) -> CliError:
-    return CliError(message, 2)
-
-
-# --- settings and connection ------------------------------------------------------
-
-def find_local_env(start: Path | None = None) -> Path | None:
-    """`.local/env` in the current directory or the nearest parent that has one."""
-    here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
-        candidate = directory / LOCAL_ENV
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_local_env(path: Path) -> dict[str, str]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read {path}: {exc} (rerun `make run` to rewrite it)") from None
-    values = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name.strip()):
-            raise SettingsError(f"{path} line {number}: expected NAME=VALUE, got {line!r} (rerun `make run` to rewrite it)")
-        if name.strip() in _LOCAL_SETTINGS:
-            values[name.strip()] = value.strip().strip("'\"")
-    return values
-
-
-def etcd_environment() -> tuple[dict[str, str], str]:
-    """The environment to build Settings from, and where ETCD_ENDPOINTS came from."""
-    env = dict(os.environ)
-    if env.get("ETCD_ENDPOINTS"):
-        return env, "ETCD_ENDPOINTS"
-    path = find_local_env()
-    if path is not None:
-        local = read_local_env(path)
-        if local.get("ETCD_ENDPOINTS"):
-            env.update(local)
-            return env, f"{path}, written by make run"
-    return env, "the default: ETCD_ENDPOINTS unset, no .local/env"
-
-
-class Etcd:
-    """The connection of one command: settings, then the first endpoint that answers."""
-
-    def __init__(self) -> None:
-        env, self.source = etcd_environment()
-        try:
-            self.settings = Settings.from_env(env)
-        except SettingsError as exc:
-            from_file = str(exc).startswith("ETCD_ENDPOINTS") and self.source != "ETCD_ENDPOINTS"
-            where = f" (ETCD_ENDPOINTS from {self.source})" if from_file else ""
-            raise refused(f"bad setting: {exc}{where}") from None
-        self.timeout = self.settings.request_timeout
-        self._client = None
-
-    @property
-    def endpoints(self) -> str:
-        return ",".join(str(e) for e in self.settings.endpoints)
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
-
-    def _connect(self):
-        from ._etcd import EtcdClient  # gRPC loads only for commands that need etcd
-
-        failures = []
-        for index, endpoint in enumerate(self.settings.endpoints):
-            client = EtcdClient(self.settings, index)
-            try:
-                client.list_range(ROOT.encode(), b"", self.timeout)  # one key: proves we can read
-                return client
-            except Unavailable as exc:
-                client.close()
-                failures.append(f"{endpoint} ({_short(exc)})")
-            except BaseException:
-                client.close()
-                raise
-        raise CliError(f"cannot reach etcd at {'; '.join(failures)} [endpoints from {self.source}]: "
-                       "start it with `make run`, or point ETCD_ENDPOINTS at a running etcd")
-
-    def revision(self) -> int:
-        revision, _ = self.client.list_range(ROOT.encode(), b"", self.timeout)
-        return revision
-
-    def get(self, key: str):
-        _, kvs = self.client.list_range(key.encode(), key.encode() + b"\0", self.timeout)
-        return kvs[0] if kvs else None
-
-    def under(self, prefix: str):
-        start = prefix.encode()
-        return self.client.list_range(start, prefix_range_end(start), self.timeout)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    if "last error:" in text:
-        text = text.rsplit("last error:", 1)[1]
-    return " ".join(text.split())[:_DETAIL_CHARS]
-
-
-def _flag(name: str) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "false", "0", "no"):
-        return False
-    if raw in ("true", "1", "yes"):
-        return True
-    raise refused(f"bad setting: {name}: expected true or false, got {os.environ[name]!r}")
-
-
+from ._settings import SettingsError
 # --- schema checks ------------------------------------------------------------------
 
 def _spec(key: str) -> KeySpec:
@@ -238,7 +91,7 @@ def _who(args) -> dict:
         except (OSError, KeyError):
             actor = "unknown"
     reason = (args.reason or "").strip() or None
-    if reason is None and _flag("CONFIG_REQUIRE_REASON"):
+    if reason is None and flag("CONFIG_REQUIRE_REASON"):
         raise refused("a reason is required (CONFIG_REQUIRE_REASON=true): add --reason '...'; nothing written")
     return {"actor": actor, "reason": reason}
 
@@ -525,85 +378,6 @@ def cmd_seed(args, etcd: Etcd) -> int:
     return 0
 
 
-# --- status -------------------------------------------------------------------------
-
-def identity_token(audience: str) -> str:
-    """An identity token for `audience`: google-auth's default credentials (a service
-    account key, or the metadata server on Google Cloud), else `gcloud`'s login."""
-    try:
-        import google.auth.transport.requests
-        import google.oauth2.id_token
-
-        return google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
-    except Exception as exc:  # google-auth raises several kinds; each means "try gcloud"
-        first = _short(exc)
-    try:
-        out = subprocess.run(["gcloud", "auth", "print-identity-token"], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        second = "gcloud is not installed"
-    except subprocess.TimeoutExpired:
-        second = "gcloud did not answer within 60 s"
-    else:
-        token = out.stdout.strip()
-        if out.returncode == 0 and token:
-            return token
-        lines = [line for line in out.stderr.splitlines() if line.strip()] or ["no token printed"]
-        second = _short(Exception(next((line for line in lines if line.startswith("ERROR:")), lines[0])))
-    raise CliError(f"cannot get an identity token: google-auth: {first}; gcloud: {second}; "
-                   "log in with `gcloud auth login` or set GOOGLE_APPLICATION_CREDENTIALS to a service account key")
-
-
-def cmd_status(args, _etcd) -> int:
-    base = args.url.rstrip("/")
-    parts = urllib.parse.urlsplit(base)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise refused(f"{args.url!r} is not an http(s) URL: give the function's URL, e.g. https://<name>-<hash>.run.app")
-    url = base + "/_status"
-    headers = {"Accept": "application/json"}
-    if args.id_token:
-        headers["Authorization"] = "Bearer " + identity_token(base)
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=args.timeout) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as exc:
-        raise _http_refusal(exc, url, args.id_token) from None
-    except urllib.error.URLError as exc:
-        raise _unreachable(exc.reason, parts, url, args.timeout) from None
-    except (TimeoutError, socket.timeout) as exc:
-        raise _unreachable(exc, parts, url, args.timeout) from None
-    try:
-        print(json.dumps(json.loads(body), indent=2))
-    except ValueError:
-        raise CliError(f"{url} did not answer JSON: is {base} the gateway's URL?") from None
-    return 0
-
-
-def _http_refusal(exc: urllib.error.HTTPError, url: str, sent_token: bool) -> CliError:
-    if exc.code in (401, 403):
-        if sent_token:
-            return CliError(f"the function refused the identity token (HTTP {exc.code}) at {url}: the account "
-                            "behind it needs roles/run.invoker on the function")
-        return CliError(f"the function refused the request (HTTP {exc.code}) at {url}: it requires authentication; "
-                        "add --id-token")
-    try:
-        body = " ".join(exc.read().decode("utf-8", "replace").split())[:_DETAIL_CHARS]
-    except OSError:
-        body = ""
-    return CliError(f"{url} answered HTTP {exc.code} {exc.reason}" + (f": {body}" if body else ""))
-
-
-def _unreachable(reason, parts: urllib.parse.SplitResult, url: str, timeout: float) -> CliError:
-    if isinstance(reason, socket.gaierror):
-        return CliError(f"cannot resolve host {parts.hostname!r} in {url}: check the URL")
-    if isinstance(reason, ConnectionRefusedError):
-        return CliError(f"nothing is listening at {parts.netloc} ({url}): is the function running at that URL?")
-    if isinstance(reason, (TimeoutError, socket.timeout)):
-        return CliError(f"no answer from {url} within {timeout:g} s: check the URL and the network path")
-    if isinstance(reason, ssl.SSLError):
-        return CliError(f"TLS with {parts.netloc} failed ({_short(reason)}): check the URL's scheme and host")
-    return CliError(f"cannot reach {url}: {_short(reason) if isinstance(reason, Exception) else reason}")
-
-
 # --- errors and the entry point ---------------------------------------------------------
 
 def explain(exc: BaseException, etcd: Etcd | None) -> tuple[str, int]:
@@ -616,7 +390,7 @@ def explain(exc: BaseException, etcd: Etcd | None) -> tuple[str, int]:
         return f"{exc}: fix the path in that setting", 2
     user = etcd.settings.username if etcd else None
     if isinstance(exc, AuthError):
-        text = _short(exc)
+        text = short(exc)
         if "permission denied" in text:
             who = f"user {user!r}" if user else "this client"
             return (f"etcd denied permission to {who} ({text}): the operator tool needs a role that may read and "
@@ -628,10 +402,10 @@ def explain(exc: BaseException, etcd: Etcd | None) -> tuple[str, int]:
         return str(exc), 1
     if isinstance(exc, Unavailable):
         where = etcd.endpoints if etcd else "etcd"
-        return f"etcd at {where} stopped answering ({_short(exc)}): check it and try again", 1
+        return f"etcd at {where} stopped answering ({short(exc)}): check it and try again", 1
     if isinstance(exc, EtcdError):
-        return f"etcd refused the request: {_short(exc)}", 1
-    return f"unexpected {type(exc).__name__}: {_short(exc)} (rerun with --debug for the traceback)", 1
+        return f"etcd refused the request: {short(exc)}", 1
+    return f"unexpected {type(exc).__name__}: {short(exc)} (rerun with --debug for the traceback)", 1
 
 
 class _Parser(argparse.ArgumentParser):
