@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # dependency reinstalls on the next make.
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos smoke schema clean
+.PHONY: run test bench chaos smoke schema reset clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version)'
@@ -33,6 +33,10 @@ smoke:
 
 schema: $(STAMP)
 	$(PY) -m config_watch schema
+
+# Local etcd data only (refused while `make run` is running); .venv stays.
+reset:
+	$(PYTHON) -m tools.reset_local
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache .hypothesis

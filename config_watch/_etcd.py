@@ -387,3 +387,63 @@ class WatchStream:
         self._requests.put(None)
         self._call.cancel()
 
+
+
+# The operator tool's transactions and sorted reads (config_watch/_audit.py uses them).
+# Kept together here, apart from the watch side, and as functions of a client so the
+# class itself is unchanged.
+
+def guarded_txn(client: EtcdClient, expect: dict[str, int], ops: dict[str, str | None],
+                timeout: float) -> tuple[bool, int]:
+    """Put (or, for None, delete) every key of `ops` in one transaction, if and only if
+    every key of `expect` still has that mod revision (0: the key is absent).
+
+    Returns (succeeded, revision): the revision the change was committed at, or, when a
+    compare failed and nothing was written, etcd's current revision.
+    """
+    compares = [
+        etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.MOD,
+                        key=key.encode(), mod_revision=revision)
+        for key, revision in expect.items()
+    ]
+    requests = []
+    for key, value in ops.items():
+        if value is None:
+            requests.append(etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode())))
+        else:
+            requests.append(etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value.encode())))
+    resp = client._unary("Txn", etcdrpc.KVStub, etcdrpc.TxnRequest(compare=compares, success=requests), timeout)
+    return resp.succeeded, resp.header.revision
+
+
+def range_by_revision(client: EtcdClient, start: bytes, end: bytes, timeout: float, *, limit: int = 0,
+                      newest_first: bool = True, min_mod_revision: int = 0, max_mod_revision: int = 0,
+                      keys_only: bool = False) -> tuple[int, list[KeyValue]]:
+    """Keys in [start, end) ordered by mod revision (etcd sorts before it applies
+    `limit`), optionally only those last written within [min, max] mod revision."""
+    request = etcdrpc.RangeRequest(
+        key=start, range_end=end, limit=limit, keys_only=keys_only,
+        sort_target=etcdrpc.RangeRequest.MOD,
+        sort_order=etcdrpc.RangeRequest.DESCEND if newest_first else etcdrpc.RangeRequest.ASCEND,
+        min_mod_revision=min_mod_revision, max_mod_revision=max_mod_revision,
+    )
+    resp = client._unary("Range", etcdrpc.KVStub, request, timeout)
+    kvs = [KeyValue(kv.key.decode("utf-8", "replace"), bytes(kv.value), kv.mod_revision, kv.create_revision)
+           for kv in resp.kvs]
+    return resp.header.revision, kvs
+
+
+def oldest_revision(client: EtcdClient, key: bytes, current: int, timeout: float) -> int:
+    """The oldest revision etcd still holds (its last compaction), found by bisection:
+    etcd reports its compaction point only as an error on reads older than it. Reads
+    the single `key`, which the client must be allowed to read."""
+    low, high = 1, max(current, 1)
+    while low < high:
+        middle = (low + high) // 2
+        try:
+            client.list_range(key, b"", timeout, revision=middle)
+        except Compacted:
+            low = middle + 1
+        else:
+            high = middle
+    return low

@@ -44,3 +44,28 @@ def test_settings_table_lists_every_setting_the_code_reads():
         documented |= set(re.findall(r"`([A-Z_]+)`", row[0]))
     assert read <= documented, f"settings missing from README: {read - documented}"
     assert documented <= read, f"README documents settings the code does not read: {documented - read}"
+
+
+def test_links_stay_inside_the_repository():
+    """A clone holds everything the docs link to (no ../shared/...)."""
+    for doc in (ROOT / "README.md", ROOT / "docs" / "design.md"):
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", doc.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path = (doc.parent / target).resolve()
+            assert path.is_relative_to(ROOT) and path.exists(), f"{doc.name} links to {target}"
+
+
+def test_readme_tool_commands_parse():
+    """Every `python -m config_watch ...` line in README's code blocks is a valid command."""
+    import shlex
+
+    from config_watch._cli import build_parser
+
+    blocks = re.findall(r"```sh\n(.*?)```", README, re.S)
+    commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()
+                if "python -m config_watch" in line]
+    assert len(commands) >= 10
+    for line in commands:
+        words = shlex.split(line.split("python -m config_watch", 1)[1], comments=True)
+        build_parser().parse_args(words)  # argparse exits (fails the test) on a bad command

@@ -1,6 +1,7 @@
 """`make run`: a single-node etcd on loopback and the gateway beside it.
 
-etcd keeps its data in .local/etcd-data (git-ignored), so values survive a restart.
+etcd keeps its data in .local/etcd-data (git-ignored), so values survive a restart
+(`make reset` clears it); the endpoint goes to .local/env for the operator tool.
 Ports: ETCD_PORT (default 2379) and PORT (default 8080). Ctrl-C stops both.
 """
 
@@ -58,10 +59,16 @@ def main() -> int:
     if (data_dir / "member").exists():
         etcd.initial_cluster_state = "existing"
     etcd.start()
+    # The operator tool reads this when ETCD_ENDPOINTS is unset: one way to reach this etcd.
+    (ROOT / ".local" / "env").write_text(f"# written by make run\nETCD_ENDPOINTS={etcd.endpoint}\n")
     env = {**os.environ, "ETCD_ENDPOINTS": etcd.endpoint, "PORT": port}
     server = None
     try:
         subprocess.run([sys.executable, "-m", "config_watch", "seed"], env=env, check=True)
+        if etcd.etcdctl("get", "/config/global/maintenance-mode", "--print-value-only").strip() == "true":
+            print("\nWARNING: maintenance mode is on (kept in .local/etcd-data from an earlier run): every request "
+                  "gets 503.\n  Turn it off: .venv/bin/python -m config_watch set /config/global/maintenance-mode false"
+                  "\n  or stop and start afresh: make reset", flush=True)
         venv_etcdctl = Path(sys.executable).parent / "etcdctl"
         etcdctl_bin = os.path.relpath(venv_etcdctl, ROOT) if venv_etcdctl.exists() else etcd.etcdctl_bin
         etcdctl = f"{etcdctl_bin} --endpoints={etcd.endpoint}"

@@ -81,6 +81,9 @@ ensure_role "$READER_ROLE"
 ctl role grant-permission "$READER_ROLE" read "$CONFIG_PREFIX" --prefix=true >/dev/null
 ensure_role "$OPERATOR_ROLE"
 ctl role grant-permission "$OPERATOR_ROLE" readwrite "$CONFIG_PREFIX" --prefix=true >/dev/null
+# The operator tool's audit trail (a fixed prefix: the tool writes there, in the same
+# transaction as each change). Only operators may touch it; no service role can.
+ctl role grant-permission "$OPERATOR_ROLE" readwrite /audit/ --prefix=true >/dev/null
 
 ensure_user "$GATEWAY_USER" "$ETCD_GATEWAY_PASSWORD" "$READER_ROLE"
 ensure_user "$OPERATOR_USER" "$ETCD_OPERATOR_PASSWORD" "$OPERATOR_ROLE"

@@ -157,6 +157,39 @@ def test_gateway_reads_config_but_cannot_write(cluster, auth):
     assert cluster.etcdctl("root", "get", KEY, "--print-value-only").stdout.strip() == "true"
 
 
+def test_operator_tool_writes_audited_changes_only_operators_can_touch_the_trail(cluster):
+    """The operator tool with the operator's certificate, as on the VM: each change and
+    its audit entry in one transaction; the gateway may neither read nor write /audit/."""
+    import sys
+
+    tls = cluster.tls
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD", "CONFIG_"))}
+    env.update(ETCD_ENDPOINTS=cluster.server.client_url, ETCD_CACERT=tls.ca_cert,
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+
+    def tool(client: str, *args: str, **extra) -> subprocess.CompletedProcess:
+        certs = {"ETCD_CERT": tls.clients[client].cert, "ETCD_KEY": tls.clients[client].key}
+        return subprocess.run([sys.executable, "-m", "config_watch", *args], env={**env, **certs, **extra},
+                              capture_output=True, text=True, timeout=60)
+
+    change = tool("operator", "set", "/config/services/api-gateway/rate-limit", "222", "--reason", "vm test")
+    assert change.returncode == 0, change.stderr
+    assert "reason: vm test" in tool("operator", "audit", "--limit", "1").stdout
+    trail = cluster.etcdctl("operator", "get", "/audit/", "--prefix", "--keys-only")
+    assert trail.returncode == 0 and "/audit/" in trail.stdout
+
+    creds = {"user": "gateway", "password": PASSWORDS["ETCD_GATEWAY_PASSWORD"]}
+    for args in (("put", "/audit/forged", "x"), ("get", "/audit/", "--prefix"), ("del", "/audit/", "--prefix")):
+        denied = cluster.etcdctl("gateway", *args, **creds)
+        assert denied.returncode != 0 and "permission denied" in denied.stderr, args
+    refused = tool("function", "set", "/config/services/api-gateway/rate-limit", "1",
+                   ETCD_USERNAME="gateway", ETCD_PASSWORD=PASSWORDS["ETCD_GATEWAY_PASSWORD"])
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "etcd denied permission to user 'gateway'" in refused.stderr
+    value = cluster.etcdctl("root", "get", "/config/services/api-gateway/rate-limit", "--print-value-only")
+    assert value.stdout.strip() == "222"
+
+
 def test_wrong_password_is_rejected(cluster):
     read = cluster.etcdctl("gateway", "get", KEY, user="gateway", password="wrong")
     assert read.returncode != 0
