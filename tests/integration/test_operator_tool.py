@@ -217,7 +217,7 @@ def test_a_reason_is_required_when_configured(cli, client):
 # --- no typo reaches etcd -------------------------------------------------------------------
 
 # A value each family type accepts, for families whose spec has no default.
-EXAMPLE_VALUES = {"bool": "true", "int": "1"}
+EXAMPLE_VALUES = {"bool": "true", "int": "1", "split": "control:90,treatment:10", "rule": "prefix=/v1,rate=60"}
 
 
 @pytest.mark.parametrize("family", [s for s in SCHEMA.specs if s.family], ids=lambda s: s.path)
