@@ -12,7 +12,7 @@ import pytest
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
-from openfeature.exception import ErrorCode, ProviderNotReadyError
+from openfeature.exception import ErrorCode, GeneralError, ProviderNotReadyError
 from openfeature.flag_evaluation import Reason
 from openfeature.provider import ProviderStatus
 
@@ -31,6 +31,8 @@ from config_watch import (
 )
 from config_watch.openfeature import EtcdProvider
 from tests.support import wait_until
+from tools.etcd_server import EtcdServer
+from tools.tcp_proxy import TcpProxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ONBOARDING = FEATURES + "new-user-onboarding"
@@ -275,23 +277,59 @@ def test_change_event_names_the_flags_each_revision_changed(etcd, etcd_client, m
     assert [c.flags_changed for c in changes()[3:]] == [["beta"]]
 
 
-def test_error_on_refused_credentials(tmp_path, make_watcher, events):
-    from tools.etcd_server import EtcdServer
+@pytest.fixture
+def auth_etcd(tmp_path):
+    """etcd with auth on: user `reader` (password `first`) may read /config/."""
+    server = EtcdServer(data_dir=str(tmp_path / "etcd-data"), log_path=str(tmp_path / "etcd.log"))
+    server.start()
+    try:
+        for args in (("user", "add", "root", "--new-user-password=root-secret"),
+                     ("role", "add", "config-reader"),
+                     ("role", "grant-permission", "config-reader", "read", "/config/", "--prefix=true"),
+                     ("user", "add", "reader", "--new-user-password=first"),
+                     ("user", "grant-role", "reader", "config-reader"),
+                     ("put", RATE_LIMIT, "42"),
+                     ("auth", "enable")):
+            server.etcdctl(*args)
+        yield server
+    finally:
+        server.close()
 
-    with EtcdServer(data_dir=str(tmp_path / "etcd-data"), log_path=str(tmp_path / "etcd.log")) as server:
-        server.etcdctl("user", "add", "root", "--new-user-password=root-secret")
-        server.etcdctl("auth", "enable")
-        watcher = make_watcher(server.endpoint, ETCD_USERNAME="root", ETCD_PASSWORD="wrong")
-        started = time.monotonic()
-        with pytest.raises(Exception, match="AuthError"):
-            api.set_provider_and_wait(EtcdProvider(watcher, init_timeout=30))
-        # A permanent error ends the wait at once, not at the init timeout.
-        assert time.monotonic() - started < 15
-        client = api.get_client()
-        assert client.get_provider_status() is ProviderStatus.ERROR
-        wait_until(lambda: events.kinds() == [ProviderEvent.PROVIDER_ERROR], 5)
-        assert "invalid user ID or password" in events.of(ProviderEvent.PROVIDER_ERROR)[0].message
-        assert client.get_boolean_details("new-user-onboarding", True).error_code is ErrorCode.PROVIDER_NOT_READY
+
+def set_reader_password(server: EtcdServer, password: str) -> None:
+    server.etcdctl("--user=root:root-secret", "user", "passwd", "reader", "--interactive=false", input=password)
+
+
+def test_error_on_refused_credentials_and_ready_once_they_are_accepted(auth_etcd, make_watcher, events):
+    watcher = make_watcher(auth_etcd.endpoint, ETCD_USERNAME="reader", ETCD_PASSWORD="second")
+    started = time.monotonic()
+    with pytest.raises(GeneralError, match="AuthError"):
+        api.set_provider_and_wait(EtcdProvider(watcher, init_timeout=30))
+    # A permanent error ends the wait at once, not at the init timeout.
+    assert time.monotonic() - started < 15
+    client = api.get_client()
+    assert client.get_provider_status() is ProviderStatus.ERROR
+    wait_until(lambda: events.kinds() == [ProviderEvent.PROVIDER_ERROR], 5)
+    assert "invalid user ID or password" in events.of(ProviderEvent.PROVIDER_ERROR)[0].message
+    assert client.get_integer_details(RATE_LIMIT, 3).error_code is ErrorCode.PROVIDER_NOT_READY
+    # Fixed on the etcd side: the watcher's next try gets in, and the provider is READY.
+    set_reader_password(auth_etcd, "second")
+    wait_until(lambda: client.get_provider_status() is ProviderStatus.READY, 20, message="READY once accepted")
+    assert client.get_integer_value(RATE_LIMIT, 3) == 42
+
+
+def test_error_when_credentials_are_refused_after_ready(auth_etcd, make_watcher, events):
+    with TcpProxy(auth_etcd.client_port) as proxy:
+        watcher = make_watcher(proxy.endpoint, ETCD_USERNAME="reader", ETCD_PASSWORD="first")
+        client = ready_client(watcher)
+        set_reader_password(auth_etcd, "changed")
+        proxy.cut()  # the next connection must sign in again, and is refused
+        proxy.heal()
+        wait_until(lambda: client.get_provider_status() is ProviderStatus.ERROR, 20, message="ERROR after refusal")
+        error = events.of(ProviderEvent.PROVIDER_ERROR)
+        assert len(error) == 1 and "AuthError" in error[0].message and error[0].error_code is ErrorCode.GENERAL
+        # The last good values stay in force.
+        assert client.get_integer_value(RATE_LIMIT, 3) == 42
 
 
 def test_shutdown_stops_the_monitor_and_leaves_the_watcher_running(etcd, make_watcher, openfeature):
