@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "config_watch.openfeature needs the OpenFeature SDK: pip install openfeature-sdk"
     ) from exc
 
-from ._runtime import get_runtime
+from ._runtime import ConfigRuntime, get_runtime
 from ._schema import SCHEMA, service_prefix
 from ._snapshot import Snapshot
 from ._watcher import ConfigWatcher
@@ -108,7 +108,7 @@ class EtcdProvider(AbstractProvider):
         self,
         watcher: ConfigWatcher | None = None,
         *,
-        runtime_factory: Callable[[], Any] = get_runtime,
+        runtime_factory: Callable[[], ConfigRuntime] = get_runtime,
         init_timeout: float = DEFAULT_INIT_TIMEOUT,
         monitor_interval: float = MONITOR_INTERVAL,
     ) -> None:
@@ -157,21 +157,20 @@ class EtcdProvider(AbstractProvider):
             if remaining <= 0:
                 break
             watcher.wait_synced(min(0.1, remaining))
+        if self._stop.is_set():
+            raise ProviderNotReadyError("provider shut down while initialising")
         self._seen = watcher.store.current
-        self._reported = watcher_status(watcher)
-        # The SDK reports READY or ERROR from our outcome; the monitor takes over after.
-        if self._reported in (ProviderStatus.READY, ProviderStatus.STALE):
-            self._reported = ProviderStatus.READY
-        else:
-            self._reported = ProviderStatus.ERROR
-        self._start_monitor()
         error = permanent_error(watcher)
+        # The SDK reports READY if this returns, ERROR if it raises; the monitor reports
+        # every change after that (STALE, ERROR, READY again).
+        self._reported = ProviderStatus.READY if watcher.synced and not error else ProviderStatus.ERROR
+        self._start_monitor()
         if error:
             raise GeneralError(f"etcd configuration unavailable: {error}")
         if not watcher.synced:
             raise ProviderNotReadyError(
-                f"no configuration from etcd within {self.init_timeout:.1f}s; "
-                f"serving callers' defaults until it answers (last error: {watcher.last_error})")
+                f"no configuration from etcd within {self.init_timeout:g}s; "
+                f"callers get their defaults until it answers (last error: {watcher.last_error})")
 
     def shutdown(self) -> None:
         """Stop the monitor thread. The watcher is left running: it is shared with the
