@@ -43,10 +43,23 @@ def etcd_binaries() -> tuple[str, str]:
     return etcd, etcdctl
 
 
+# Ports this process has handed out. The kernel may return a port it just released,
+# so two calls could give the same one: an etcd given it for peer and metrics exits.
+_handed_out: set[int] = set()
+# Forget them after this many (the ephemeral range holds ~28,000), never to run dry.
+_MAX_REMEMBERED = 10_000
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    if len(_handed_out) >= _MAX_REMEMBERED:
+        _handed_out.clear()
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
