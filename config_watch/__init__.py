@@ -3,7 +3,7 @@
 A request calls `snapshot()` once and reads every value from that one object.
 """
 
-from ._errors import AuthError, Compacted, EtcdError, Unavailable
+from ._errors import AuthError, Compacted, ConfigUnavailable, EtcdError, Unavailable
 from ._runtime import ConfigRuntime, get_runtime, reset_runtime, snapshot, status
 from ._schema import (
     FEATURES,
@@ -20,13 +20,14 @@ from ._schema import (
 )
 from ._settings import Settings, SettingsError
 from ._snapshot import Snapshot, SnapshotStore
+from ._status import Status
 from ._watcher import ConfigWatcher
 
 __all__ = [
-    "AuthError", "Compacted", "ConfigRuntime", "ConfigWatcher", "EtcdClient", "EtcdError",
+    "AuthError", "Compacted", "ConfigRuntime", "ConfigUnavailable", "ConfigWatcher", "EtcdClient", "EtcdError",
     "FEATURES", "GLOBAL_PREFIX", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT",
     "RATE_LIMIT_BURST", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
-    "SnapshotStore", "THREADS", "Unavailable", "get_runtime", "reset_runtime", "service_prefix",
+    "SnapshotStore", "Status", "THREADS", "Unavailable", "get_runtime", "reset_runtime", "service_prefix",
     "snapshot", "status",
 ]
 

@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from config_watch import GLOBAL_PREFIX, RATE_LIMIT, ConfigWatcher, EtcdError, Settings, Snapshot, service_prefix
-from config_watch._etcd import EtcdClient, covering_range
+from config_watch._etcd import EtcdClient
+from config_watch._keyrange import covering_range
 from config_watch._source import EtcdSource
 from tools.etcd_server import EtcdCluster
 from tools.tcp_proxy import TcpProxy
