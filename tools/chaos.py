@@ -161,8 +161,8 @@ def run_chaos(seconds: float = 60.0, min_changes: int = 1000, seed: int | None =
     publishes: list[tuple[int, float]] = []
     original_publish = watcher.store.publish
 
-    def recording_publish(snapshot: Snapshot) -> bool:
-        ok = original_publish(snapshot)
+    def recording_publish(snapshot: Snapshot, restore: bool = False) -> bool:
+        ok = original_publish(snapshot, restore=restore)
         if ok:
             publishes.append((snapshot.revision, time.monotonic()))
         return ok

@@ -143,7 +143,9 @@ def test_unreachable_etcd_serves_defaults_and_says_so(monkeypatch):
     assert response.status_code == 200 and response.headers["X-Config-Revision"] == "0"
     status = client.get("/_status").json
     assert status["synced"] is False and status["connected"] is False
-    wait_until(lambda: client.get("/_status").json["last_error"], 5, message="error reported")
+    status = wait_until(lambda: (s := client.get("/_status").json)["error_kind"] and s, 5, message="error reported")
+    assert status["error_kind"] == "transient" and status["reason"] == "etcd unreachable"
+    assert status["state"] == "initializing"
 
 
 def test_logs_carry_the_request_trace_on_google_cloud(etcd, monkeypatch, capfd):

@@ -24,7 +24,7 @@ from config_watch import (
 from config_watch._backoff import Backoff
 from config_watch._errors import ConfigurationError
 from config_watch._model import Event, KeyValue, WatchBatch
-from tests.support import wait_until
+from tests.support import record_published, wait_until
 
 PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
 
@@ -278,21 +278,6 @@ def test_compacted_revision_relists_and_swaps_in_the_fresh_snapshot(make_watcher
     assert snap.revision == 25 and snap[RATE_LIMIT] == 3
     assert source.count("list") == 2
     assert watcher.counters["relists"] == 2
-
-
-def record_published(watcher: ConfigWatcher) -> list:
-    """Every snapshot the store publishes from now on (the store, not the watcher, is wrapped)."""
-    published: list = []
-    original = watcher.store.publish
-
-    def publish(snapshot, restore=False):
-        ok = original(snapshot, restore=restore)
-        if ok:
-            published.append(snapshot)
-        return ok
-
-    watcher.store.publish = publish
-    return published
 
 
 def test_events_of_one_revision_are_published_as_one_snapshot(make_watcher):
