@@ -58,7 +58,8 @@ def main() -> int:
     if (data_dir / "member").exists():
         etcd.initial_cluster_state = "existing"
     etcd.start()
-    env = {**os.environ, "ETCD_ENDPOINTS": etcd.endpoint, "PORT": port}
+    # Locally /_status shows endpoints and error text (deploy.sh and Terraform leave it off).
+    env = {"STATUS_DETAILS": "true", **os.environ, "ETCD_ENDPOINTS": etcd.endpoint, "PORT": port}
     server = None
     try:
         subprocess.run([sys.executable, "-m", "config_watch", "seed"], env=env, check=True)
