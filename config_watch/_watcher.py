@@ -356,8 +356,11 @@ class ConfigWatcher:
     def _check_due(self) -> bool:
         if self._clock() < self._next_check_at:
             return False
-        # Stale; or the loop is down, and a check may find etcd back before its backoff ends.
-        return self.staleness() > self.settings.staleness or (self.failure is not None and not self.connected)
+        # Stale; or the loop is down for a passing reason, and a check may find etcd back
+        # before its backoff ends (a refused password will not mend itself that fast).
+        failure = self.failure
+        down = failure is not None and failure.kind != PERMANENT and not self.connected
+        return down or self.staleness() > self.settings.staleness
 
     def ensure_fresh(self) -> Snapshot:
         """The snapshot to serve, checked against etcd first if it may be stale.
