@@ -646,3 +646,37 @@ def test_while_the_loop_is_down_requests_check_at_most_once_a_second(make_watche
     clock.advance(0.2)
     watcher.ensure_fresh()
     assert source.count("check") == 2
+
+
+# --- one clock, and a promise kept ----------------------------------------------------------
+
+
+def test_progress_questions_are_stamped_by_the_injected_clock(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.default_list = (7, [])
+    make_watcher(source, clock=clock)
+    stream = watching(source.stream(0))
+    assert stream.asked_at and set(stream.asked_at) == {clock()}  # the fake time, not time.monotonic()
+
+
+def test_synced_is_reported_only_once_its_snapshot_is_published(make_watcher):
+    """A never-synced watcher whose request check reaches etcd first."""
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.list_script.extend([Unavailable("connection refused")] * 1000)
+    source.check_result = (5, [KeyValue(RATE_LIMIT, b"9", 5)])
+    watcher = make_watcher(source, clock=clock, start=False,
+                           backoff=Backoff(base=100, cap=100, rand=MaxRand()))
+    seen_synced: list[bool] = []
+    original = watcher.store.publish
+
+    def publish(snapshot, restore=False):
+        seen_synced.append(watcher.synced)
+        return original(snapshot, restore=restore)
+
+    watcher.store.publish = publish
+    watcher.start()
+    wait_until(lambda: watcher.failure is not None, timeout=5)
+    assert watcher.ensure_fresh()[RATE_LIMIT] == 9
+    assert seen_synced[0] is False and watcher.synced
