@@ -328,7 +328,8 @@ class ConfigWatcher:
         if failure.kind == PERMANENT:
             delay = self._backoff.permanent_delay
             self._settled.set()
-            log.error("etcd refuses this client: %s; retrying in %.0f s", failure.reason, delay,
+            log.error("watch loop stopped by %s; retrying in %.0f s (only an operator can fix this)",
+                      failure.reason, delay,
                       extra={"json_fields": {**fields, "retry_in_seconds": delay}})
         else:
             delay = self._backoff.next_delay()
