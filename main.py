@@ -78,9 +78,12 @@ def api_gateway(request: flask.Request) -> flask.Response:
         return _misconfigured(f"CONFIG_SERVICE must be {GATEWAY_SERVICE!r}, not {runtime.settings.service!r}")
 
     if request.path == "/_status":
-        return _json(runtime.status(), 200, {"Cache-Control": "no-store"})
+        return _json(runtime.status_json(), 200, {"Cache-Control": "no-store"})
 
-    snapshot = runtime.snapshot()  # the one snapshot this request uses
+    try:
+        snapshot = runtime.snapshot()  # the one snapshot this request uses
+    except config_watch.ConfigUnavailable as exc:  # never synced, and etcd refuses us
+        return _misconfigured(exc.reason)
     limiter = _get_limiter(runtime.settings.max_clients)
     client = client_identity(request.environ, runtime.settings.trusted_proxy_hops)
     rate, burst = snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST]

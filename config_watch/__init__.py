@@ -3,7 +3,7 @@
 A request calls `snapshot()` once and reads every value from that one object.
 """
 
-from ._errors import AuthError, Compacted, EtcdError, Unavailable
+from ._errors import AuthError, Compacted, ConfigUnavailable, EtcdError, Unavailable
 from ._runtime import ConfigRuntime, get_runtime, reset_runtime, snapshot, status
 from ._schema import (
     BREAKER_FAILURES,
@@ -30,14 +30,15 @@ from ._schema import (
 from .experiments import assign, assignments, experiments_header, variant_for
 from ._settings import Settings, SettingsError
 from ._snapshot import Snapshot, SnapshotStore
+from ._status import Status
 from ._watcher import ConfigWatcher
 
 __all__ = [
     "AuthError", "BREAKER_FAILURES", "BREAKER_HALF_OPEN_SUCCESSES", "BREAKER_OPEN_SECONDS", "Compacted",
-    "ConfigRuntime", "ConfigWatcher", "EXPERIMENTS", "EtcdClient", "EtcdError", "FEATURES", "GLOBAL_PREFIX",
-    "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT", "RATE_LIMITS", "RATE_LIMIT_BURST",
+    "ConfigRuntime", "ConfigUnavailable", "ConfigWatcher", "EXPERIMENTS", "EtcdClient", "EtcdError", "FEATURES",
+    "GLOBAL_PREFIX", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT", "RATE_LIMITS", "RATE_LIMIT_BURST",
     "RATE_LIMIT_SCOPE", "RateRule", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
-    "SnapshotStore", "THREADS", "UPSTREAM_TIMEOUT_MS", "Unavailable", "Variant", "assign", "assignments",
+    "SnapshotStore", "Status", "THREADS", "UPSTREAM_TIMEOUT_MS", "Unavailable", "Variant", "assign", "assignments",
     "experiments_header", "get_runtime", "reset_runtime", "service_prefix", "snapshot", "status",
     "variant_for",
 ]

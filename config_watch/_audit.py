@@ -20,7 +20,8 @@ import json
 import secrets
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
-from ._errors import EtcdError, Unavailable, prefix_range_end
+from ._errors import EtcdError, Unavailable
+from ._keyrange import prefix_range_end
 from ._model import KeyValue
 from ._schema import ROOT
 

@@ -7,7 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from ._errors import Unavailable, prefix_range_end
+from ._errors import Unavailable
+from ._keyrange import prefix_range_end
 from ._schema import ROOT
 from ._settings import Settings, SettingsError
 
@@ -101,8 +102,8 @@ class Etcd:
         from ._etcd import EtcdClient  # gRPC loads only for commands that need etcd
 
         failures = []
-        for index, endpoint in enumerate(self.settings.endpoints):
-            client = EtcdClient(self.settings, index)
+        for endpoint in self.settings.endpoints:
+            client = EtcdClient(self.settings._replace(endpoints=(endpoint,)))
             try:
                 client.list_range(ROOT.encode(), b"", self.timeout)  # one key: proves we can read
                 return client

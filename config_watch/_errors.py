@@ -1,6 +1,16 @@
-"""Errors of the etcd transports, kept apart so importing them costs no gRPC import."""
+"""Errors of the etcd transports, and what each means for the watch loop.
+
+Kept apart so importing them costs no gRPC import. `failure_of` is the one place that
+decides how the loop goes on after an error (client-go's `isExpiredError`,
+LaunchDarkly's `_handle_error`): relist, back off and retry, or retry slowly because
+only an operator can fix it.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+from ._settings import SettingsError
 
 
 class EtcdError(Exception):
@@ -28,8 +38,17 @@ class GatewayRefused(EtcdError):
     Common Name while auth is on); lists must go over gRPC instead."""
 
 
-class ConfigurationError(EtcdError):
-    """TLS files missing or unreadable."""
+class ConfigurationError(EtcdError, SettingsError):
+    """TLS files missing or unreadable: a bad setting, found when the runtime is made."""
+
+
+class ConfigUnavailable(Exception):
+    """No configuration can be served: never synced, and etcd refuses this client for a
+    reason only an operator can fix. `reason` is safe to show to any caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 # gRPC status codes by number; etcd's JSON gateway reports the same numbers.
@@ -63,31 +82,42 @@ def refused_user(username: str | None, error: EtcdError) -> AuthError:
     return AuthError(f"etcd refused user {username!r} (check ETCD_USERNAME/ETCD_PASSWORD): {error}")
 
 
-def read_file(path: str, name: str) -> bytes:
-    """The bytes of a TLS file named by setting `name`, or a ConfigurationError saying which."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigurationError(f"{name}: cannot read {path}: {exc.strerror}") from None
+# What the loop does next, by the meaning of the error.
+EXPIRED = "expired"  # the resume revision was compacted: list again, at once
+TRANSIENT = "transient"  # unavailable, timed out, no leader: back off, try the next endpoint
+PERMANENT = "permanent"  # credentials, permissions, TLS files, settings: only an operator can fix it
 
 
-def prefix_range_end(prefix: bytes) -> bytes:
-    """etcd's range end for every key starting with `prefix`."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
+class Failure(NamedTuple):
+    """An error as the loop and the status page see it."""
+
+    kind: str  # EXPIRED, TRANSIENT or PERMANENT
+    # Safe to show to anyone (a 503 body, /_status without details): names the
+    # setting to fix, never an address, a path, a user name or etcd's own text.
+    reason: str
+    # The full text, for logs and /_status with STATUS_DETAILS.
+    detail: str
 
 
-def covering_range(prefixes: list[str]) -> tuple[bytes, bytes]:
-    """One key range that holds every prefix.
+def failure_of(err: BaseException) -> Failure:
+    """The one classification of every error the watch loop can meet."""
+    detail = f"{type(err).__name__}: {err}"
+    if isinstance(err, Compacted):
+        return Failure(EXPIRED, "the watched revision was compacted", detail)
+    if isinstance(err, AuthError):
+        if "refused user" in str(err) or "authentication failed" in str(err):
+            reason = "etcd refused the credentials (check ETCD_USERNAME/ETCD_PASSWORD)"
+        else:
+            reason = "etcd denied access to the configuration keys (check the etcd user's role)"
+        return Failure(PERMANENT, reason, detail)
+    if isinstance(err, SettingsError):  # ConfigurationError too: TLS files unreadable
+        return Failure(PERMANENT, f"bad setting: {_setting_named(err)}", detail)
+    if isinstance(err, EtcdError):  # Unavailable, and any other answer that is not a success
+        return Failure(TRANSIENT, "etcd unreachable", detail)
+    return Failure(TRANSIENT, "internal error in the watch loop", detail)  # a bug: logged with its trace
 
-    One range means one watch, and etcd delivers every event of a revision in one
-    response of one watch, so a transaction touching the service's keys and the
-    global keys arrives whole. Keys in between are filtered out by the caller.
-    """
-    encoded = sorted(p.encode() for p in prefixes)
-    return encoded[0], max(prefix_range_end(p) for p in encoded)
+
+def _setting_named(err: BaseException) -> str:
+    """The setting a SettingsError names (its message starts with it), not its value."""
+    head = str(err).split(":", 1)[0].strip()
+    return head if head and head.replace("_", "").replace("/", "").isalnum() and head.isupper() else "see the logs"

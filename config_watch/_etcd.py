@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import grpc
 from pyetcd import etcdrpc
@@ -24,14 +24,13 @@ from ._errors import (  # noqa: F401  (re-exported: the adapter's error kinds)
     ConfigurationError,
     EtcdError,
     Unavailable,
-    covering_range,
     error_for_code,
-    prefix_range_end,
-    read_file,
     refused_user,
 )
+from ._keyrange import covering_range, prefix_range_end  # noqa: F401  (re-exported for tools)
 from ._model import Event, KeyValue, WatchBatch
-from ._settings import Endpoint, Settings
+from ._settings import Endpoint, EndpointCursor, Settings
+from ._tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -73,32 +72,31 @@ def classify(err: grpc.RpcError) -> EtcdError:
 
 
 class EtcdClient:
-    """A connection to one of the configured endpoints at a time.
+    """A connection to the endpoint `cursor` points at.
 
-    `rotate()` moves to the next endpoint; the watch loop calls it after a failure.
-    Not thread-safe for rotation; list and watch may run from any thread.
+    `rotate()` moves the cursor on (the watch loop's source moves a shared cursor
+    itself); either way the next call connects to the new endpoint. Not thread-safe
+    for rotation; list and watch may run from any thread.
     """
 
-    def __init__(self, settings: Settings, index: int = 0) -> None:
+    def __init__(self, settings: Settings, cursor: EndpointCursor | None = None,
+                 tls: TlsMaterial | None = None) -> None:
         self._settings = settings
-        self._endpoints: tuple[Endpoint, ...] = settings.endpoints
-        self._index = index % len(self._endpoints)
+        self._cursor = cursor or EndpointCursor(settings.endpoints)
         self._channel: grpc.Channel | None = None
+        self._channel_endpoint: Endpoint | None = None
         self._token: str | None = None
         self._lock = threading.Lock()
-        self._credentials = self._channel_credentials() if settings.secure else None
+        self._credentials = self._channel_credentials(tls or TlsMaterial.load(settings)) if settings.secure else None
 
-    def _channel_credentials(self) -> grpc.ChannelCredentials:
-        s = self._settings
-        return grpc.ssl_channel_credentials(
-            root_certificates=read_file(s.cacert, "ETCD_CACERT") if s.cacert else None,
-            private_key=read_file(s.key, "ETCD_KEY") if s.key else None,
-            certificate_chain=read_file(s.cert, "ETCD_CERT") if s.cert else None,
-        )
+    @staticmethod
+    def _channel_credentials(tls: TlsMaterial) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=tls.cacert, private_key=tls.key,
+                                            certificate_chain=tls.cert)
 
     @property
     def endpoint(self) -> Endpoint:
-        return self._endpoints[self._index]
+        return self._cursor.current
 
     def _options(self) -> list[tuple[str, int]]:
         s = self._settings
@@ -120,28 +118,30 @@ class EtcdClient:
         ]
 
     def _connect(self) -> grpc.Channel:
+        stale = None
         with self._lock:
+            if self._channel is not None and self._channel_endpoint != self._cursor.current:
+                stale, self._channel = self._channel, None  # the cursor moved on
             if self._channel is None:
-                target = self.endpoint.target
+                endpoint = self._cursor.current
                 if self._credentials is not None:
-                    self._channel = grpc.secure_channel(target, self._credentials, options=self._options())
+                    self._channel = grpc.secure_channel(endpoint.target, self._credentials, options=self._options())
                 else:
-                    self._channel = grpc.insecure_channel(target, options=self._options())
+                    self._channel = grpc.insecure_channel(endpoint.target, options=self._options())
+                self._channel_endpoint = endpoint
                 self._token = None
-            return self._channel
-
-    def select(self, index: int) -> None:
-        """Use endpoint `index` from the next call on."""
-        self.close()
-        self._index = index % len(self._endpoints)
+            channel = self._channel
+        if stale is not None:
+            stale.close()
+        return channel
 
     def rotate(self) -> Endpoint:
         """Drop the connection and move to the next endpoint."""
         self.close()
-        self._index = (self._index + 1) % len(self._endpoints)
-        return self.endpoint
+        return self._cursor.advance()
 
     def close(self) -> None:
+        """Drop the connection; the next call opens a new one."""
         with self._lock:
             channel, self._channel, self._token = self._channel, None, None
         if channel is not None:
@@ -225,31 +225,45 @@ class EtcdClient:
         resp = self._unary("Status", etcdrpc.MaintenanceStub, etcdrpc.StatusRequest(), timeout)
         return resp.version
 
-    def watch(self, start: bytes, end: bytes, start_revision: int,
+    def watch(self, start: bytes, end: bytes, start_revision: int, on_events: "OnEvents | None" = None,
               ordered_progress: bool = False) -> "WatchStream":
-        """A watch from `start_revision`; `ordered_progress`: the member is of a release
-        that answers progress requests in stream order (see `ordered_progress()`)."""
+        """A watch from `start_revision`; `on_events` applies each event batch (see
+        WatchStream); `ordered_progress`: the member is of a release that answers
+        progress requests in stream order (see `ordered_progress()`)."""
         channel = self._connect()
         metadata = self._metadata(channel, self._settings.request_timeout, require_leader=True)
         return WatchStream(etcdrpc.WatchStub(channel), start, end, start_revision, metadata,
-                           ordered_progress=ordered_progress)
+                           on_events=on_events, ordered_progress=ordered_progress)
+
+
+# Applies one response's events (whole revisions, in order) to the caller's state.
+OnEvents = Callable[[Sequence[Event]], None]
+
+# How long close() waits for the reader thread to finish; it is cancelled first, so it
+# ends at once unless an event batch is being applied.
+_READER_JOIN_SECONDS = 2.0
 
 
 class WatchStream:
     """One gRPC watch stream on one key range, read with timeouts.
 
-    A reader thread moves responses into a queue, so `get(timeout)` can wait for a
-    bounded time: the watch loop must be able to notice silence (a stalled or
-    half-open connection) and to stop promptly.
+    A reader thread takes responses off the connection. Events go to `on_events` on
+    that thread (one thread hop less between etcd and the snapshot: hops cost most
+    when request threads hold the interpreter lock); every response then goes into a
+    queue, so `get(timeout)` can wait for a bounded time: the watch loop must notice
+    silence (a stalled or half-open connection) and stop promptly. Without
+    `on_events`, `get` returns the events themselves (tools reading a history).
     """
 
-    _END = object()
-
     def __init__(self, stub, start: bytes, end: bytes, start_revision: int, metadata,
-                 ordered_progress: bool = False) -> None:
+                 on_events: OnEvents | None = None, ordered_progress: bool = False) -> None:
         self._requests: queue.Queue = queue.Queue()
         self._responses: queue.Queue = queue.Queue()
         self._closed = False
+        # Held while a batch is applied and while closing: once close() returns, no
+        # event of this stream is applied any more (reentrant: on_events may close).
+        self._deliver_lock = threading.RLock()
+        self._on_events = on_events
         # When the oldest unanswered progress request was sent (None: none is out), and
         # how many are out. Answers carry no id, and etcd may drop or merge questions,
         # so an answer settles every question out as of the oldest: never a later time
@@ -267,11 +281,8 @@ class WatchStream:
         create = etcdrpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
         self._requests.put(etcdrpc.WatchRequest(create_request=create))
         self._call = stub.Watch(self._request_iter(), metadata=metadata)
-        # Set before the first get(): the reader then applies events itself, one thread
-        # hop less between etcd and the snapshot (hops cost most when request threads
-        # hold the interpreter lock).
-        self.on_events = None
-        self._reader: threading.Thread | None = None
+        self._reader = threading.Thread(target=self._read, name="config-watch-reader", daemon=True)
+        self._reader.start()
 
     def _request_iter(self) -> Iterator:
         while True:
@@ -288,11 +299,15 @@ class WatchStream:
                 except EtcdError as err:
                     self._responses.put(err)
                     return
-                if batch.events:
+                if batch.events and self._on_events is not None:
+                    with self._deliver_lock:
+                        if self._closed:
+                            return
+                        self._on_events(batch.events)
+                        self._delivered = max(self._delivered, self._complete_through(batch))
+                    batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
+                elif batch.events:
                     self._delivered = max(self._delivered, self._complete_through(batch))
-                    if self.on_events is not None:
-                        self.on_events(batch.events)
-                        batch = WatchBatch(batch.header_revision)  # the loop needs only the sign of life
                 elif not response.created:
                     batch = self._answered(batch)
                 self._responses.put(batch)
@@ -303,15 +318,17 @@ class WatchStream:
             log.exception("watch reader failed")
             self._responses.put(EtcdError(f"watch reader failed: {exc!r}"))
 
-    def request_progress(self) -> None:
+    def request_progress(self, asked_at: float | None = None) -> None:
         """Ask etcd to confirm the stream is alive and current; it answers with an empty
-        batch. Sent even while an earlier question is out: etcd drops a question on a
-        watch that is still catching up, and only a later one gets an answer."""
+        batch stamped `asked_at` (the caller's clock: the watch loop's freshness
+        arithmetic uses one clock; time.monotonic() if not given). Sent even while an
+        earlier question is out: etcd drops a question on a watch that is still
+        catching up, and only a later one gets an answer."""
         if self._closed:
             return
         with self._progress_lock:
             if self._progress_asked_at is None:
-                self._progress_asked_at = time.monotonic()
+                self._progress_asked_at = time.monotonic() if asked_at is None else asked_at
             self._questions_out += 1
         self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
 
@@ -351,9 +368,6 @@ class WatchStream:
 
     def get(self, timeout: float) -> WatchBatch | None:
         """The next batch, None after `timeout` of silence, or an EtcdError raised."""
-        if self._reader is None:
-            self._reader = threading.Thread(target=self._read, name="config-watch-reader", daemon=True)
-            self._reader.start()
         try:
             item = self._responses.get(timeout=timeout)
         except queue.Empty:
@@ -380,12 +394,16 @@ class WatchStream:
         return WatchBatch(resp.header.revision, tuple(events))
 
     def close(self) -> None:
-        """Cancel the stream; a blocked `get` then raises Unavailable."""
-        if self._closed:
-            return
-        self._closed = True
+        """Cancel the stream and wait (bounded) for its reader: after this returns no
+        event of this stream is applied. A blocked `get` then raises Unavailable."""
+        with self._deliver_lock:  # waits for a batch being applied
+            if self._closed:
+                return
+            self._closed = True
         self._requests.put(None)
         self._call.cancel()
+        if threading.current_thread() is not self._reader:
+            self._reader.join(_READER_JOIN_SECONDS)
 
 
 

@@ -12,48 +12,25 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import ssl
 
-from ._errors import (
-    AuthError,
-    ConfigurationError,
-    EtcdError,
-    GatewayRefused,
-    Unavailable,
-    error_for_code,
-    read_file,
-    refused_user,
-)
+from ._errors import AuthError, EtcdError, GatewayRefused, Unavailable, error_for_code, refused_user
 from ._model import KeyValue
-from ._settings import Settings
+from ._settings import EndpointCursor, Settings
+from ._tls import TlsMaterial
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
 class JsonGatewayClient:
-    """Unary reads against one endpoint at a time (`index` picks which)."""
+    """Unary reads against the endpoint `cursor` points at."""
 
-    def __init__(self, settings: Settings, index: int = 0) -> None:
+    def __init__(self, settings: Settings, cursor: EndpointCursor | None = None,
+                 tls: TlsMaterial | None = None) -> None:
         self._settings = settings
-        self.index = index
+        self._cursor = cursor or EndpointCursor(settings.endpoints)
         self._token: str | None = None
-        self._ssl = self._ssl_context() if settings.secure else None
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        s = self._settings
-        # Read each file first, so a missing one is named with its setting.
-        for path, name in ((s.cacert, "ETCD_CACERT"), (s.cert, "ETCD_CERT"), (s.key, "ETCD_KEY")):
-            if path:
-                read_file(path, name)
-        try:
-            context = ssl.create_default_context(cafile=s.cacert)
-            if s.cert:
-                context.load_cert_chain(s.cert, s.key)
-        except (OSError, ssl.SSLError) as exc:
-            names = "ETCD_CACERT/ETCD_CERT/ETCD_KEY"
-            raise ConfigurationError(f"{names}: cannot load TLS files: {exc}") from None
-        return context
+        self._ssl = (tls or TlsMaterial.load(settings)).context if settings.secure else None
 
     def version(self, timeout: float) -> str:
         """The etcd release of the member (`GET /version`, open to any client)."""
@@ -67,7 +44,7 @@ class JsonGatewayClient:
         return self._request("POST", path, body, timeout)
 
     def _request(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
-        endpoint = self._settings.endpoints[self.index]
+        endpoint = self._cursor.current
         if self._ssl is not None:
             conn = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=timeout, context=self._ssl)
         else:
@@ -143,4 +120,4 @@ class JsonGatewayClient:
             ]
             return int(payload["header"]["revision"]), kvs
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # binascii.Error is a ValueError
-            raise Unavailable(f"{self._settings.endpoints[self.index]}: not an etcd range answer ({exc!r})") from None
+            raise Unavailable(f"{self._cursor.current}: not an etcd range answer ({exc!r})") from None

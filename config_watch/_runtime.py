@@ -14,11 +14,14 @@ import threading
 import time
 from typing import Mapping
 
-from ._source import EtcdSource
+from ._errors import PERMANENT, ConfigUnavailable
 from ._logging import configure_logging
 from ._schema import GLOBAL_PREFIX, service_prefix
 from ._settings import Settings
 from ._snapshot import Snapshot
+from ._source import EtcdSource
+from ._status import Status
+from ._tls import TlsMaterial
 from ._watcher import ConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -28,10 +31,13 @@ class ConfigRuntime:
     """A started watcher plus the cold-start policy of the request path."""
 
     def __init__(self, settings: Settings) -> None:
+        """Raises SettingsError (ConfigurationError for TLS files) if the settings
+        cannot work: a missing or unreadable file is a bad setting, found here."""
         self.settings = settings
         self.pid = os.getpid()
         self.prefixes = [service_prefix(settings.service), GLOBAL_PREFIX]
-        self.watcher = ConfigWatcher(lambda: EtcdSource(settings, self.prefixes), self.prefixes, settings)
+        tls = TlsMaterial.load(settings)
+        self.watcher = ConfigWatcher(lambda: EtcdSource(settings, self.prefixes, tls), self.prefixes, settings)
         # Until this moment a request waits for the first list; after it, none does.
         self._cold_start_deadline = time.monotonic() + settings.initial_wait
         self._warned_unsynced = False
@@ -44,13 +50,21 @@ class ConfigRuntime:
         self.watcher.stop()
 
     def snapshot(self) -> Snapshot:
-        """The snapshot a request should use, start to finish."""
+        """The snapshot a request should use, start to finish.
+
+        Raises ConfigUnavailable while this process has never synced and etcd refuses
+        it for a reason only an operator can fix: defaults must not be served then as
+        if they were the configuration.
+        """
         watcher = self.watcher
         if not watcher.synced:
             remaining = self._cold_start_deadline - time.monotonic()
-            if remaining > 0 and watcher.wait_synced(remaining):
-                return watcher.store.current
-            if not self._warned_unsynced:
+            if remaining > 0:
+                watcher.wait_settled(remaining)
+            failure = watcher.failure
+            if not watcher.synced and failure is not None and failure.kind == PERMANENT:
+                raise ConfigUnavailable(failure.reason)
+            if not watcher.synced and not self._warned_unsynced:
                 self._warned_unsynced = True
                 log.warning(
                     "no configuration from etcd within %.2fs of start; serving defaults until it answers",
@@ -58,14 +72,15 @@ class ConfigRuntime:
                     extra={"json_fields": {"endpoints": [str(e) for e in self.settings.endpoints],
                                            "error": watcher.last_error}},
                 )
-            return watcher.ensure_fresh()
         return watcher.ensure_fresh()
 
-    def status(self) -> dict:
-        status = self.watcher.status()
-        status["pid"] = self.pid
-        status["service"] = self.settings.service
-        return status
+    def status(self) -> Status:
+        """The watcher's status; `.to_json(details)` for a status page."""
+        return self.watcher.status()._replace(pid=self.pid, service=self.settings.service)
+
+    def status_json(self) -> dict:
+        """The status as a status page shows it: details only if STATUS_DETAILS is on."""
+        return self.status().to_json(details=self.settings.status_details)
 
 
 # The runtime of this process, or None before the first request.
@@ -109,5 +124,5 @@ def snapshot() -> Snapshot:
     return get_runtime().snapshot()
 
 
-def status() -> dict:
+def status() -> Status:
     return get_runtime().status()

@@ -33,6 +33,26 @@ class Endpoint(NamedTuple):
         return scheme + self.target
 
 
+class EndpointCursor:
+    """The configured endpoints and the one in use: the only holder of that index.
+
+    The lister-watcher and its transports (JSON gateway, gRPC) share one cursor, so
+    after a failure they all move to the next endpoint together.
+    """
+
+    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
+        self.endpoints = endpoints
+        self._index = 0
+
+    @property
+    def current(self) -> Endpoint:
+        return self.endpoints[self._index]
+
+    def advance(self) -> Endpoint:
+        self._index = (self._index + 1) % len(self.endpoints)
+        return self.current
+
+
 def parse_endpoints(text: str) -> tuple[Endpoint, ...]:
     """`host:port` or `http(s)://host:port`, comma-separated."""
     endpoints = []
@@ -86,6 +106,15 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise SettingsError(f"{name}: expected true or false, got {env.get(name)!r}")
+    return raw == "true"
+
+
 def _path(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name, "").strip()
     return raw or None
@@ -118,6 +147,9 @@ class Settings(NamedTuple):
     trusted_proxy_hops: int = 0
     max_clients: int = 100_000
     log_level: str = "INFO"
+    # /_status shows endpoint addresses and error text only when this is on: it is
+    # exempt from rate limits and may be reachable by anyone who can call the function.
+    status_details: bool = False
 
     def __repr__(self) -> str:
         shown = self._replace(password="***" if self.password else None)
@@ -130,7 +162,9 @@ class Settings(NamedTuple):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        endpoints = parse_endpoints(env.get("ETCD_ENDPOINTS") or "127.0.0.1:2379")
+        default = cls._field_defaults  # each default is written once, in the fields above
+        raw_endpoints = (env.get("ETCD_ENDPOINTS") or "").strip()
+        endpoints = parse_endpoints(raw_endpoints) if raw_endpoints else default["endpoints"]
         schemes = {e.secure for e in endpoints} - {None}
         if len(schemes) > 1:
             raise SettingsError("ETCD_ENDPOINTS: mixes http:// and https:// endpoints")
@@ -145,7 +179,7 @@ class Settings(NamedTuple):
         password = env.get("ETCD_PASSWORD") or None
         if bool(username) != bool(password):
             raise SettingsError("ETCD_USERNAME and ETCD_PASSWORD must be given together")
-        service = (env.get("CONFIG_SERVICE") or "api-gateway").strip()
+        service = (env.get("CONFIG_SERVICE") or default["service"]).strip()
         if not service or "/" in service:
             raise SettingsError(f"CONFIG_SERVICE: expected a service name, got {service!r}")
         return cls(
@@ -156,14 +190,16 @@ class Settings(NamedTuple):
             key=key,
             username=username,
             password=password,
-            initial_wait=_float(env, "CONFIG_INITIAL_WAIT_SECONDS", 0.5),
-            staleness=_float(env, "CONFIG_STALENESS_SECONDS", 5.0, minimum=0.1),
-            check_timeout=_float(env, "CONFIG_CHECK_TIMEOUT_SECONDS", 0.5, minimum=0.01),
-            request_timeout=_float(env, "ETCD_REQUEST_TIMEOUT_SECONDS", 3.0, minimum=0.1),
-            dead_stream=_float(env, "ETCD_DEAD_STREAM_SECONDS", 5.0, minimum=0.3),
-            keepalive=_float(env, "ETCD_KEEPALIVE_SECONDS", 10.0, minimum=5.0),
-            keepalive_timeout=_float(env, "ETCD_KEEPALIVE_TIMEOUT_SECONDS", 5.0, minimum=0.5),
-            trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 0),
-            max_clients=_int(env, "RATE_LIMIT_MAX_CLIENTS", 100_000, minimum=1),
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            initial_wait=_float(env, "CONFIG_INITIAL_WAIT_SECONDS", default["initial_wait"]),
+            staleness=_float(env, "CONFIG_STALENESS_SECONDS", default["staleness"], minimum=0.1),
+            check_timeout=_float(env, "CONFIG_CHECK_TIMEOUT_SECONDS", default["check_timeout"], minimum=0.01),
+            request_timeout=_float(env, "ETCD_REQUEST_TIMEOUT_SECONDS", default["request_timeout"], minimum=0.1),
+            dead_stream=_float(env, "ETCD_DEAD_STREAM_SECONDS", default["dead_stream"], minimum=0.3),
+            keepalive=_float(env, "ETCD_KEEPALIVE_SECONDS", default["keepalive"], minimum=5.0),
+            keepalive_timeout=_float(env, "ETCD_KEEPALIVE_TIMEOUT_SECONDS", default["keepalive_timeout"],
+                                     minimum=0.5),
+            trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", default["trusted_proxy_hops"]),
+            max_clients=_int(env, "RATE_LIMIT_MAX_CLIENTS", default["max_clients"], minimum=1),
+            log_level=(env.get("LOG_LEVEL") or default["log_level"]).upper(),
+            status_details=_bool(env, "STATUS_DETAILS", default["status_details"]),
         )

@@ -218,17 +218,19 @@ class SnapshotStore:
         self.current = initial
         self._changed = threading.Condition()
 
-    def publish(self, snapshot: Snapshot) -> bool:
+    def publish(self, snapshot: Snapshot, restore: bool = False) -> bool:
         """Swap `snapshot` in unless it is older than the one in force.
 
         An equal revision is accepted only to mark the first sync (revision 0 of an
-        empty etcd). Returns whether it was published.
+        empty etcd). `restore`: a linearizable list proved etcd was restored from a
+        backup, so its lower revision is published all the same (the watcher logs it).
+        Returns whether it was published.
         """
         with self._changed:
             current = self.current
-            if snapshot.revision < current.revision or (
+            if not restore and (snapshot.revision < current.revision or (
                 snapshot.revision == current.revision and (current.synced or not snapshot.synced)
-            ):
+            )):
                 if snapshot.revision < current.revision:
                     log.warning(
                         "snapshot older than the one in force not published",

@@ -7,20 +7,32 @@ watch goes over gRPC, imported on first use, once the first snapshot is out.
 from __future__ import annotations
 
 import logging
+from typing import Callable, Sequence
 
-from ._errors import EtcdError, GatewayRefused, Unavailable, covering_range
+from ._errors import EtcdError, GatewayRefused, Unavailable
 from ._etcd_json import JsonGatewayClient
-from ._settings import Settings
+from ._keyrange import covering_range
+from ._model import Event
+from ._settings import EndpointCursor, Settings
+from ._tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
 
 class EtcdSource:
-    def __init__(self, settings: Settings, prefixes: list[str]) -> None:
+    """Lists, checks and watches the range covering `prefixes`, on one endpoint at a time.
+
+    `tls`: the material loaded when the runtime was made (loaded here if not given, so
+    a missing file raises a ConfigurationError from the constructor).
+    """
+
+    def __init__(self, settings: Settings, prefixes: list[str], tls: TlsMaterial | None = None) -> None:
         self._settings = settings
         self._start, self._end = covering_range(prefixes)
-        self._index = 0
-        self._json = JsonGatewayClient(settings)
+        self._tls = tls if tls is not None or not settings.secure else TlsMaterial.load(settings)
+        # Where every transport of this source connects: moved on by rotate().
+        self._cursor = EndpointCursor(settings.endpoints)
+        self._json = JsonGatewayClient(settings, self._cursor, self._tls)
         self._grpc = None  # an EtcdClient, made by the first watch
         # Set once the JSON gateway refuses this client: lists then go over gRPC too.
         self._lists_over_grpc = False
@@ -30,7 +42,7 @@ class EtcdSource:
 
     @property
     def endpoint(self) -> str:
-        return str(self._settings.endpoints[self._index])
+        return str(self._cursor.current)
 
     def _json_list(self, timeout: float):
         try:
@@ -52,6 +64,8 @@ class EtcdSource:
         return self._list(timeout, fresh_connection=True)
 
     def _list(self, timeout: float, fresh_connection: bool):
+        # Both transports read linearizably (etcd's default): a revision below one seen
+        # before proves the store was restored, which the watch loop relies on.
         if not self._lists_over_grpc:
             result = self._json_list(timeout)  # a new connection every call anyway
             if result is not None:
@@ -60,7 +74,7 @@ class EtcdSource:
             return self._client().list_range(self._start, self._end, timeout)
         from ._etcd import EtcdClient
 
-        client = EtcdClient(self._settings, index=self._index)
+        client = EtcdClient(self._settings, self._cursor, self._tls)
         try:
             return client.list_range(self._start, self._end, timeout)
         finally:
@@ -70,10 +84,12 @@ class EtcdSource:
         if self._grpc is None:
             from ._etcd import EtcdClient  # imports gRPC: after the first list, not before
 
-            self._grpc = EtcdClient(self._settings, index=self._index)
+            self._grpc = EtcdClient(self._settings, self._cursor, self._tls)
         return self._grpc
 
-    def watch(self, start_revision: int):
+    def watch(self, start_revision: int, on_events: Callable[[Sequence[Event]], None]):
+        """A stream from `start_revision` whose reader applies every event batch through
+        `on_events` before it hands the response's sign of life to `get`."""
         client = self._client()
         from ._etcd import ordered_progress
 
@@ -81,7 +97,7 @@ class EtcdSource:
         # reach another member, of another release in the middle of an upgrade.
         self.server_version = self._version(client)
         ordered = self.server_version is not None and ordered_progress(self.server_version)
-        return client.watch(self._start, self._end, start_revision, ordered_progress=ordered)
+        return client.watch(self._start, self._end, start_revision, on_events=on_events, ordered_progress=ordered)
 
     def _version(self, client) -> str | None:
         # Not knowing is always safe (answers are then taken as unordered), so this
@@ -104,16 +120,13 @@ class EtcdSource:
         return None
 
     def rotate(self) -> str:
-        self._index = (self._index + 1) % len(self._settings.endpoints)
-        self._json.index = self._index
-        if self._grpc is not None:
-            self._grpc.select(self._index)  # closes the old endpoint's connection
-        return self.endpoint
-
-    def reconnect(self) -> None:
+        """Move every transport to the next endpoint (the gRPC channel reconnects on its next call)."""
+        self._cursor.advance()
         if self._grpc is not None:
             self._grpc.close()
+        return self.endpoint
 
     def close(self) -> None:
+        """Drop the gRPC connection; the next watch or list opens a new one."""
         if self._grpc is not None:
             self._grpc.close()

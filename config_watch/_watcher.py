@@ -1,11 +1,13 @@
-"""The list-then-watch loop: Run → list_and_watch → relist → watch → handle_watch.
+"""The list-then-watch loop: run → list_and_watch → relist → watch → handle_watch.
 
 One daemon thread keeps the store's snapshot equal to etcd: it lists the watched
 prefixes at one revision, publishes that snapshot, then watches from the next
 revision. It resumes after a disconnect from the last revision it applied, relists
 when that revision was compacted, and never publishes a revision older than the one
-in force. The request path adds a staleness guard (`ensure_fresh`) for instances
-whose thread was frozen by CPU throttling.
+in force, except once after a restore, which only a linearizable list can prove.
+The request path adds a staleness guard (`ensure_fresh`) for instances whose thread
+was frozen by CPU throttling, and wakes a loop that is sleeping out its backoff as
+soon as etcd answers again.
 """
 
 from __future__ import annotations
@@ -16,38 +18,50 @@ import time
 from typing import Callable, Protocol, Sequence
 
 from ._backoff import Backoff
-from ._errors import AuthError, Compacted, EtcdError, Unavailable
+from ._errors import EXPIRED, PERMANENT, EtcdError, Failure, Unavailable, failure_of
 from ._model import Event, KeyValue, WatchBatch
 from ._settings import Settings
 from ._snapshot import Rejection, Snapshot, SnapshotStore
+from ._status import FAILED, INITIALIZING, INTERRUPTED, VALID, Status
 
 log = logging.getLogger(__name__)
 
+# While the loop is down, a request checks etcd at most this often (per process), so
+# a return of etcd is noticed within a second without costing every request a call.
+DISCONNECTED_CHECK_INTERVAL = 1.0
+
+# Applies one response's events (whole revisions, in order).
+OnEvents = Callable[[Sequence[Event]], None]
+
 
 class Stream(Protocol):
+    """One watch, opened by `Source.watch`. Its reader applies events through the
+    `on_events` given there; `get` hands the loop each response's sign of life."""
+
     def get(self, timeout: float) -> WatchBatch | None: ...
-    def request_progress(self) -> None: ...
-    def close(self) -> None: ...
+    def request_progress(self, asked_at: float) -> None: ...
+    def close(self) -> None: ...  # bounded; no event is applied after it returns
 
 
 class Source(Protocol):
+    """The lister-watcher. `list` and `check` read linearizably (etcd's default)."""
+
     endpoint: str
 
     def list(self, timeout: float) -> tuple[int, list[KeyValue]]: ...
-    def watch(self, start_revision: int) -> Stream: ...
-    def check(self, timeout: float) -> tuple[int, list[KeyValue]]: ...
+    def check(self, timeout: float) -> tuple[int, list[KeyValue]]: ...  # over a new connection
+    def watch(self, start_revision: int, on_events: OnEvents) -> Stream: ...
     def rotate(self) -> str: ...
-    def reconnect(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def is_expired(err: BaseException) -> bool:
-    """The resume revision is gone: list again instead of watching."""
-    return isinstance(err, Compacted)
+    def close(self) -> None: ...  # drops the connection; the next call opens a new one
 
 
 class _Restart(Exception):
     """The stream was closed on purpose (a nudge from the request path)."""
+
+
+class _BelowSnapshot(Exception):
+    """A watch response's revision is below the snapshot's: a restore, or a member that
+    lags. A watch header proves neither; a linearizable relist tells them apart."""
 
 
 class ConfigWatcher:
@@ -67,27 +81,40 @@ class ConfigWatcher:
         self.prefixes = tuple(prefixes)
         self.settings = settings
         self.store = SnapshotStore(Snapshot.defaults(self.prefixes))
+        # The one clock of every freshness figure (progress questions included).
         self._clock = clock
         self._backoff = backoff or Backoff()
         self._stop = threading.Event()
+        # Set to cut a backoff sleep short: etcd answered a request's check.
+        self._wake = threading.Event()
         self._synced = threading.Event()
+        # Synced, or failed in a way only an operator can fix: a cold start waits no longer.
+        self._settled = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream: Stream | None = None
         self._need_relist = True
         self._restart_requested = False
+        # A watch response below the snapshot's revision asks for a relist to tell a
+        # restore from a lagging member; the revision that relist confirmed (a lagging
+        # member) is not relisted for again until the stream next fails.
+        self._verify_pending = False
+        self._confirmed_revision: int | None = None
         # Serialises "read current, build next, publish" between the loop and the guard.
         self._apply_lock = threading.Lock()
         # One request at a time runs the staleness check; the others wait for it.
         self._check_lock = threading.Lock()
-        # After a failed check, none before this time: an etcd outage must not cost
-        # every request a check's deadline.
+        # No check before this time: an etcd outage must not cost every request a
+        # check's deadline.
         self._next_check_at = 0.0
         self.started_at = clock()
         self.connected = False
+        self._connected_since = 0.0
         self.last_contact: float | None = None
-        self.last_error: str | None = None
+        # The last error of the loop, until it next succeeds.
+        self.failure: Failure | None = None
         self.endpoint: str | None = None
-        self.counters = {"relists": 0, "reconnects": 0, "rejected": 0, "checks": 0, "check_catchups": 0}
+        self.counters = {"relists": 0, "reconnects": 0, "rejected": 0, "checks": 0, "check_catchups": 0,
+                         "restores": 0}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -97,8 +124,10 @@ class ConfigWatcher:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop and close the connection; returns within about `timeout`."""
+        """Stop the loop and close the connection; returns within about `timeout`, and
+        no event is applied after it returns."""
         self._stop.set()
+        self._wake.set()
         stream = self._stream
         if stream is not None:
             stream.close()
@@ -114,26 +143,38 @@ class ConfigWatcher:
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
 
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait until synced, or failed for a reason only an operator can fix."""
+        return self._settled.wait(timeout)
+
     @property
     def synced(self) -> bool:
         return self._synced.is_set()
+
+    @property
+    def last_error(self) -> str | None:
+        return self.failure.detail if self.failure else None
 
     # --- the loop ------------------------------------------------------------------
 
     def run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
+            self._restart_requested = False  # a nudge given before this attempt is met by it
             try:
                 self.list_and_watch()
             except _Restart:
                 # Asked for by the staleness check: a new connection, no backoff.
-                self._restart_requested = False
                 self.connected = False
-                try:
-                    if self._source is not None:
-                        self._source.reconnect()
-                except Exception:
-                    log.exception("reconnect after a requested restart failed; retrying in 1 s")
-                    self._stop.wait(1.0)
+                if self._source is not None:
+                    self._source.close()
+            except _BelowSnapshot as below:
+                self.connected = False
+                self._need_relist = True
+                self._verify_pending = True
+                log.warning("watch answered below the snapshot's revision; relisting to tell a restore "
+                            "from a lagging member", extra={"json_fields": {"revision": self.store.current.revision,
+                                                                            "watch_revision": below.args[0]}})
             except Exception as err:  # each kind is handled; the loop never dies
                 try:
                     self._handle_error(err)
@@ -152,15 +193,33 @@ class ConfigWatcher:
     def relist(self) -> None:
         asked_at = self._clock()
         revision, kvs = self._source.list(self.settings.request_timeout)
-        self._contact(asked_at)
         self.counters["relists"] += 1
         with self._apply_lock:
             current = self.store.current
-            snapshot, rejections = current.relisted(revision, kvs)
+            # A linearizable read never goes back, so a lower revision means the store
+            # was restored from a backup: its state replaces ours, from scratch.
+            restored = current.synced and revision < current.revision
+            base = Snapshot.defaults(self.prefixes) if restored else current
+            snapshot, rejections = base.relisted(revision, kvs)
             self._log_rejections(rejections)
-            published = self.store.publish(snapshot)
+            published = self.store.publish(snapshot, restore=restored)
         self._need_relist = False
+        if self._verify_pending and not restored:
+            self._confirmed_revision = self.store.current.revision
+        self._verify_pending = False
+        self._contact(asked_at)
         self._synced.set()
+        self._settled.set()
+        self.failure = None
+        if restored:
+            self.counters["restores"] += 1
+            log.error(
+                "etcd's revision went back from %d to %d: the store was restored from a backup; "
+                "published the restored state",
+                current.revision, revision,
+                extra={"json_fields": {"revision": revision, "previous_revision": current.revision,
+                                       "keys": len(kvs), "endpoint": self.endpoint}},
+            )
         log.info(
             "listed %s at revision %d",
             ",".join(self.prefixes),
@@ -169,17 +228,12 @@ class ConfigWatcher:
                                    "endpoint": self.endpoint}},
         )
 
-    def relist_revision(self) -> int:
+    def next_watch_revision(self) -> int:
         """Where the next watch starts: just after the revision in force."""
         return self.store.current.revision + 1
 
     def watch(self) -> None:
-        start = self.relist_revision()
-        stream = self._source.watch(start)
-        if hasattr(stream, "on_events"):
-            # Applied on the stream's own reader thread (looked up per call, so a
-            # wrapper installed on the instance sees every event).
-            stream.on_events = lambda events: self.apply(events)
+        stream = self._source.watch(self.next_watch_revision(), self.apply)
         self._stream = stream
         try:
             if self._stop.is_set():
@@ -202,8 +256,8 @@ class ConfigWatcher:
         asked_at: float | None = None
         while not self._stop.is_set():
             if asked_at is None or self._clock() - asked_at >= tick:
-                stream.request_progress()
                 asked_at = self._clock()
+                stream.request_progress(asked_at)
             try:
                 batch = stream.get(timeout=tick)
             except EtcdError:
@@ -217,21 +271,29 @@ class ConfigWatcher:
                     raise Unavailable(f"watch silent for {silent:.1f}s (stalled or half-open connection)")
                 continue
             last_response = now
-            if not self.connected:
-                log.info("watching from revision %d", self.store.current.revision + 1,
-                         extra={"json_fields": {"endpoint": self.endpoint}})
-            self.connected = True
-            self.last_error = None
-            self._backoff.reset()
-            if batch.asked_at and (batch.complete or batch.header_revision <= self.store.current.revision):
+            revision = self.store.current.revision
+            below = batch.header_revision < revision
+            if below and self._confirmed_revision != revision:
+                raise _BelowSnapshot(batch.header_revision)
+            self._mark_connected(now)
+            # Below the snapshot (a member the relist showed to lag): alive, but no proof.
+            if batch.asked_at and not below and (batch.complete or batch.header_revision <= revision):
                 # Current as of the question: etcd was at most at the answer's revision
                 # then, and everything up to it is in the snapshot (through the stream,
                 # or through a list or check that reached that far).
                 self._contact(min(now, batch.asked_at))
-            if batch.events:
-                self.apply(batch.events)
+
+    def _mark_connected(self, now: float) -> None:
+        if not self.connected:
+            log.info("watching from revision %d", self.store.current.revision + 1,
+                     extra={"json_fields": {"endpoint": self.endpoint}})
+            self._connected_since = now
+            self.connected = True
+            self.failure = None
+        self._backoff.healthy_for(now - self._connected_since)
 
     def apply(self, events: Sequence[Event]) -> None:
+        """Apply one response's events (on the stream's reader thread): one snapshot."""
         with self._apply_lock:
             current = self.store.current
             snapshot, rejections = current.apply(events)
@@ -248,34 +310,41 @@ class ConfigWatcher:
             )
 
     def _handle_error(self, err: BaseException) -> None:
-        """Decide how the loop goes on after `err`: relist now, or back off and re-watch."""
+        """Go on after `err` by what it means: relist now, back off and try the next
+        endpoint, or (only an operator can fix it) try again slowly."""
         self.connected = False
         if self._stop.is_set():
             return
-        if is_expired(err):
+        failure = failure_of(err)
+        self._confirmed_revision = None
+        if failure.kind == EXPIRED:
             log.warning("watch revision compacted; listing again", extra={"json_fields": {"error": str(err)}})
             self._need_relist = True
             return
-        delay = self._backoff.next_delay()
+        self.failure = failure
         self.counters["reconnects"] += 1
-        if isinstance(err, (Unavailable, AuthError)):
-            self.last_error = f"{type(err).__name__}: {err}"
-            log.warning(
-                "etcd unavailable; retrying",
-                extra={"json_fields": {"error": self.last_error, "endpoint": self.endpoint,
-                                       "retry_in_seconds": round(delay, 3), "attempt": self._backoff.attempts}},
-            )
-        else:  # unexpected: keep the stack trace, keep going
-            self.last_error = f"{type(err).__name__}: {err}"
-            log.exception("watch loop error; retrying", extra={"json_fields": {"retry_in_seconds": round(delay, 3)}})
-        if self._source is not None:
-            self.endpoint = self._source.rotate()
-        self._stop.wait(delay)
+        fields = {"error": failure.detail, "reason": failure.reason, "endpoint": self.endpoint,
+                  "revision": self.store.current.revision}
+        if failure.kind == PERMANENT:
+            delay = self._backoff.permanent_delay
+            self._settled.set()
+            log.error("watch loop stopped by %s; retrying in %.0f s (only an operator can fix this)",
+                      failure.reason, delay,
+                      extra={"json_fields": {**fields, "retry_in_seconds": delay}})
+        else:
+            delay = self._backoff.next_delay()
+            fields.update(retry_in_seconds=round(delay, 3), attempt=self._backoff.attempts)
+            if isinstance(err, EtcdError):
+                log.warning("etcd unavailable; retrying", extra={"json_fields": fields})
+            else:  # unexpected: keep the stack trace, keep going
+                log.error("watch loop error; retrying", exc_info=err, extra={"json_fields": fields})
+            if self._source is not None:
+                self.endpoint = self._source.rotate()
+        self._wake.wait(delay)
 
     # --- request path --------------------------------------------------------------
 
-    def _contact(self, at: float | None = None) -> None:
-        at = self._clock() if at is None else at
+    def _contact(self, at: float) -> None:
         if self.last_contact is None or at > self.last_contact:
             self.last_contact = at
 
@@ -285,6 +354,15 @@ class ConfigWatcher:
         last = self.last_contact if self.last_contact is not None else self.started_at
         return max(0.0, self._clock() - last)
 
+    def _check_due(self) -> bool:
+        if self._clock() < self._next_check_at:
+            return False
+        # Stale; or the loop is down for a passing reason, and a check may find etcd back
+        # before its backoff ends (a refused password will not mend itself that fast).
+        failure = self.failure
+        down = failure is not None and failure.kind != PERMANENT and not self.connected
+        return down or self.staleness() > self.settings.staleness
+
     def ensure_fresh(self) -> Snapshot:
         """The snapshot to serve, checked against etcd first if it may be stale.
 
@@ -292,40 +370,60 @@ class ConfigWatcher:
         one comparison. After a freeze (CPU throttled between requests) or a silent
         drop, one request asks etcd directly with a short deadline and catches up.
         """
-        if self.staleness() <= self.settings.staleness or self._clock() < self._next_check_at:
+        if not self._check_due():
             return self.store.current
         if not self._check_lock.acquire(timeout=self.settings.check_timeout):
             return self.store.current
         try:
-            if self.staleness() > self.settings.staleness and self._clock() >= self._next_check_at:
-                if not self.check_now() and self.staleness() > self.settings.staleness:
-                    self._next_check_at = self._clock() + min(self.settings.staleness, 1.0)
+            if self._check_due():
+                answered = self.check_now()
+                if not answered and self.staleness() > self.settings.staleness:
+                    self._next_check_at = self._clock() + min(self.settings.staleness, DISCONNECTED_CHECK_INTERVAL)
+                elif not self.connected:
+                    self._next_check_at = self._clock() + DISCONNECTED_CHECK_INTERVAL
         finally:
             self._check_lock.release()
         return self.store.current
 
     def check_now(self) -> bool:
-        """Read the watched range over a fresh connection; catch up if etcd is ahead."""
+        """Read the watched range over a fresh connection; catch up if etcd is ahead.
+        Returns whether etcd answered with a revision the snapshot can stand on."""
         self.counters["checks"] += 1
         asked_at = self._clock()  # a reply proves etcd's state as of the question, no later
+        source = self._source
+        if source is None:
+            return False
         try:
-            if self._source is None:
-                return False
-            revision, kvs = self._source.check(self.settings.check_timeout)
+            revision, kvs = source.check(self.settings.check_timeout)
         except EtcdError as err:
             log.warning("staleness check failed; serving the last good snapshot",
                         extra={"json_fields": {"error": str(err), "revision": self.store.current.revision}})
             return False
-        self._contact(asked_at)
-        self._synced.set()
+        published = False
         with self._apply_lock:
             current = self.store.current
-            if revision <= current.revision:
-                return False
-            snapshot, rejections = current.relisted(revision, kvs)
-            self._log_rejections(rejections)
-            self.store.publish(snapshot)
-        if not snapshot.same_config(current):
+            restored = current.synced and revision < current.revision
+            if not restored and (revision > current.revision or not current.synced):
+                snapshot, rejections = current.relisted(revision, kvs)
+                self._log_rejections(rejections)
+                published = self.store.publish(snapshot)
+        if restored:
+            # Not proof of freshness: the snapshot is of a history etcd no longer has.
+            # The loop relists (and publishes the restored state) at once.
+            log.error("staleness check found etcd at revision %d, below the snapshot's %d: restored "
+                      "from a backup? relisting", revision, current.revision,
+                      extra={"json_fields": {"revision": revision, "previous_revision": current.revision}})
+            self._need_relist = True
+            self.restart_stream()
+            self._wake.set()
+            return False
+        self._contact(asked_at)
+        if published:
+            self._synced.set()
+            self._settled.set()
+        if not self.connected:
+            self._wake.set()  # etcd answers: the loop need not sleep out its backoff
+        if published and not snapshot.same_config(current):
             self.counters["check_catchups"] += 1
             log.warning("staleness check found changes the watch had not delivered; caught up",
                         extra={"json_fields": {"from_revision": current.revision, "revision": revision}})
@@ -348,18 +446,28 @@ class ConfigWatcher:
                 extra={"json_fields": {"event": "config_rejected", **r.to_json()}},
             )
 
-    def status(self) -> dict:
+    def status(self) -> Status:
         snapshot = self.store.current
         staleness = self.staleness()
-        return {
-            "revision": snapshot.revision,
-            "synced": self.synced,
-            "connected": self.connected,
-            "staleness_seconds": round(staleness, 3),
-            "stale": staleness > self.settings.staleness,
-            "endpoint": self.endpoint,
-            "etcd_version": getattr(self._source, "server_version", None),
-            "last_error": self.last_error,
-            "rejected": [r.to_json() for r in snapshot.rejected.values()],
-            "counters": dict(self.counters),
-        }
+        failure = self.failure
+        if failure is not None and failure.kind == PERMANENT:
+            state = FAILED
+        elif self.connected:
+            state = VALID
+        else:
+            state = INTERRUPTED if self.synced else INITIALIZING
+        return Status(
+            state=state,
+            revision=snapshot.revision,
+            synced=self.synced,
+            connected=self.connected,
+            staleness_seconds=staleness,
+            stale=staleness > self.settings.staleness,
+            error_kind=failure.kind if failure else None,
+            reason=failure.reason if failure else None,
+            error=failure.detail if failure else None,
+            endpoint=self.endpoint,
+            etcd_version=getattr(self._source, "server_version", None),
+            rejected=tuple(snapshot.rejected.values()),
+            counters=dict(self.counters),
+        )

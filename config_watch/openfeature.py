@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "config_watch.openfeature needs the OpenFeature SDK: pip install openfeature-sdk"
     ) from exc
 
+from ._errors import PERMANENT
 from ._runtime import ConfigRuntime, get_runtime
 from ._schema import SCHEMA, service_prefix
 from ._snapshot import Snapshot
@@ -61,17 +62,15 @@ DEFAULT_INIT_TIMEOUT = 5.0
 # Longest a status change (stale, error, recovered) waits to be noticed; a new
 # snapshot wakes the monitor at once. Four checks a second cost nothing measurable.
 MONITOR_INTERVAL = 0.25
-# Watcher errors that retrying cannot fix (the etcd client's own classes: refused
-# credentials or permission, unreadable TLS files). They make the provider ERROR; the
-# watcher keeps retrying, so a fix on the etcd side brings it back to READY.
-PERMANENT_ERRORS = ("AuthError", "ConfigurationError")
 
 
 def permanent_error(watcher: ConfigWatcher) -> str | None:
-    """The watcher's last error if it is one retrying will not fix, else None."""
-    error = watcher.last_error
-    if error and error.split(":", 1)[0] in PERMANENT_ERRORS:
-        return error
+    """The watcher's error if it is one retrying soon will not fix (refused credentials or
+    permission, unreadable TLS files), else None. It makes the provider ERROR; the watcher
+    keeps retrying slowly, so a fix on the etcd side brings it back to READY."""
+    failure = watcher.failure
+    if failure is not None and failure.kind == PERMANENT:
+        return failure.detail
     return None
 
 

@@ -68,9 +68,9 @@ def make_watcher():
     """Start a real watcher against the given endpoints; stopped after the test."""
     started: list[ConfigWatcher] = []
 
-    def make(endpoints: str, **overrides) -> ConfigWatcher:
+    def make(endpoints: str, backoff=None, **overrides) -> ConfigWatcher:
         settings = fast_settings(endpoints, **overrides)
-        watcher = ConfigWatcher(lambda: EtcdSource(settings, PREFIXES), PREFIXES, settings)
+        watcher = ConfigWatcher(lambda: EtcdSource(settings, PREFIXES), PREFIXES, settings, backoff=backoff)
         started.append(watcher.start())
         return watcher
 

@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from config_watch import GLOBAL_PREFIX, RATE_LIMIT, ConfigWatcher, EtcdError, Settings, Snapshot, service_prefix
-from config_watch._etcd import EtcdClient, covering_range
+from config_watch._etcd import EtcdClient
+from config_watch._keyrange import covering_range
 from config_watch._source import EtcdSource
 from tools.etcd_server import EtcdCluster
 from tools.tcp_proxy import TcpProxy
@@ -160,8 +161,8 @@ def run_chaos(seconds: float = 60.0, min_changes: int = 1000, seed: int | None =
     publishes: list[tuple[int, float]] = []
     original_publish = watcher.store.publish
 
-    def recording_publish(snapshot: Snapshot) -> bool:
-        ok = original_publish(snapshot)
+    def recording_publish(snapshot: Snapshot, restore: bool = False) -> bool:
+        ok = original_publish(snapshot, restore=restore)
         if ok:
             publishes.append((snapshot.revision, time.monotonic()))
         return ok

@@ -12,8 +12,10 @@ import json
 import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+import uuid
 
 from config_watch import GLOBAL_PREFIX, RATE_LIMIT, ConfigWatcher, Settings, service_prefix
 from config_watch import EtcdError
@@ -107,6 +109,146 @@ def etcd_restart() -> tuple[str, str]:
             w.stop()
 
 
+class WorkerPollers:
+    """One keep-alive connection per gunicorn worker, each polled by its own thread with
+    `GET /` (a fresh API key each time), so every worker sees steady traffic and each
+    response can be told apart by worker: `samples[pid]` holds (time, revision)."""
+
+    def __init__(self, fn: FunctionServer, workers: int, timeout: float = 30.0) -> None:
+        import requests
+
+        self.url = fn.url
+        self.sessions: dict[int, "requests.Session"] = {}
+        deadline = time.monotonic() + timeout
+        spare = []
+        while len(self.sessions) < workers:  # gunicorn hands each new connection to some worker
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"found {len(self.sessions)} of {workers} workers")
+            session = requests.Session()
+            pid = session.get(self.url + "/_status", timeout=10).json()["pid"]
+            if pid in self.sessions:
+                spare.append(session)  # kept open, so the next connection goes elsewhere
+            else:
+                self.sessions[pid] = session
+        for session in spare:
+            session.close()
+        self.samples: dict[int, list[tuple[float, int]]] = {pid: [] for pid in self.sessions}
+        self.status: dict[int, dict] = {}  # each worker's last /_status
+        self.moved = False
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._poll, args=(pid,), daemon=True) for pid in self.sessions]
+
+    def _poll(self, pid: int) -> None:
+        import requests
+
+        session = self.sessions[pid]  # used by this thread only: a second user would open a second connection
+        n = 0
+        while not self._stop.is_set():
+            try:
+                if n % 20 == 0:  # still the same worker (a dropped connection is re-made to any)?
+                    status = session.get(self.url + "/_status", timeout=10).json()
+                    self.status[pid] = status
+                    self.moved |= status["pid"] != pid
+                response = session.get(self.url + "/", headers={"X-Api-Key": uuid.uuid4().hex}, timeout=10)
+                self.samples[pid].append((time.monotonic(), int(response.headers.get("X-Config-Revision", -1))))
+            except requests.RequestException:
+                self._stop.wait(0.01)
+            n += 1
+            self._stop.wait(0.005)
+
+    def latest(self, pid: int) -> int | None:
+        """The revision of the worker's last answer."""
+        samples = self.samples[pid]
+        return samples[-1][1] if samples else None
+
+    def first_serving(self, revision: int, since: float, timeout: float) -> dict[int, float]:
+        """Seconds from `since` until each worker first answered with `revision` or later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {}
+            for pid, samples in self.samples.items():
+                at = next((t for t, rev in list(samples) if t >= since and rev >= revision), None)
+                if at is not None:
+                    found[pid] = at - since
+            if len(found) == len(self.samples) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.005)
+
+    def still_pinned(self) -> bool:
+        """Each connection reached the worker it was opened to throughout."""
+        return not self.moved
+
+    def __enter__(self) -> "WorkerPollers":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+        for s in self.sessions.values():
+            s.close()
+
+
+def restart_recovery(etcd: EtcdServer, pollers: WorkerPollers, down_seconds: float, value: int,
+                     timeout: float = 30.0) -> list[float]:
+    """Stop etcd for `down_seconds`, start it again, put a value the moment it is back:
+    seconds until each worker served that put."""
+    etcd.stop()
+    time.sleep(down_seconds)  # the outage itself
+    etcd.initial_cluster_state = "existing"
+    etcd.start()
+    etcd.etcdctl("put", RATE_LIMIT, str(value))
+    put_at = time.monotonic()
+    target = etcd.revision()
+    found = pollers.first_serving(target, put_at, timeout)
+    if len(found) < len(pollers.samples):
+        raise TimeoutError(f"workers {sorted(set(pollers.samples) - set(found))} not serving revision {target}")
+    return sorted(found.values())
+
+
+def recovery_after_restarts(restarts: int = 20, workers: int = 2, down_seconds: float = 1.0) -> tuple[str, str]:
+    """The recovery figure: `restarts` etcd restarts under a gateway of `workers` workers."""
+    with EtcdServer() as etcd:
+        etcd.etcdctl("put", RATE_LIMIT, "100")
+        with FunctionServer({"ETCD_ENDPOINTS": etcd.endpoint}, workers=workers) as fn:
+            with WorkerPollers(fn, workers) as pollers:
+                times: list[float] = []
+                for i in range(restarts):
+                    times += restart_recovery(etcd, pollers, down_seconds, 200 + i)
+                if not pollers.still_pinned():
+                    raise RuntimeError("a poller's connection moved to another worker")
+    times.sort()
+    p50, p99 = times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+    return (f"etcd answers again; a request's check wakes the loop ({restarts} restarts, {workers} workers)",
+            f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms from the put")
+
+
+def restore_from_backup() -> tuple[str, str]:
+    with EtcdServer() as etcd:
+        etcd.etcdctl("put", RATE_LIMIT, "12")
+        backup = tempfile.mktemp(suffix=".db")
+        etcd.snapshot_save(backup)
+        restored = etcd.revision()
+        w = watcher_for(etcd.endpoint)
+        try:
+            for v in ("13", "14", "15"):
+                etcd.etcdctl("put", RATE_LIMIT, v)
+            _wait(lambda: w.store.current.revision == restored + 3, 10)
+            etcd.stop()
+            _wait(lambda: not w.connected, 30)
+            etcd.restore(backup)
+            caught = _wait(lambda: w.store.current.revision == restored, 30)
+            etcd.etcdctl("put", RATE_LIMIT, "16")
+            applied = _wait(lambda: w.store.current[RATE_LIMIT] == 16, 30)
+            return (f"relist finds revision {restored}, below the snapshot's {restored + 3}",
+                    f"{caught * 1000:.0f} ms after etcd is back; a later write applied "
+                    f"{applied * 1000:.0f} ms after etcdctl returned")
+        finally:
+            w.stop()
+
+
 def member_loss(kill_leader: bool) -> tuple[str, str]:
     with EtcdCluster(3) as cluster:
         w = watcher_for(cluster.endpoints)
@@ -168,6 +310,12 @@ ROWS = [
     ("Connection cut (RST, refused)", "stream error at once", "immediate; backoff ≤ 5 s", cut_and_heal),
     ("Compaction while disconnected", "watch create answers `compacted`", "relist at once", compaction_while_cut),
     ("etcd restart (same data dir)", "stream error; resume from last revision + 1", "backoff ≤ 5 s", etcd_restart),
+    ("etcd restart, every worker serving a put made the moment etcd is back (WORKERS=2, 1 s outage)",
+     "a request's check (at most one a second while the watch is down) finds etcd back and wakes the loop",
+     "1 s", recovery_after_restarts),
+    ("etcd restored from a backup (`etcdutl snapshot restore`, revision goes back)",
+     "a watch answer below the snapshot's revision; a linearizable relist confirms it", "backoff ≤ 5 s",
+     restore_from_backup),
     ("Loss of the member in use (3-member cluster)", "stream error; next endpoint", "backoff ≤ 5 s", lambda: member_loss(False)),
     ("Loss of the leader (3-member cluster)", "`hasleader` watch cancelled on members without a leader",
      "election + backoff", lambda: member_loss(True)),

@@ -61,7 +61,8 @@ def main() -> int:
     etcd.start()
     # The operator tool reads this when ETCD_ENDPOINTS is unset: one way to reach this etcd.
     (ROOT / ".local" / "env").write_text(f"# written by make run\nETCD_ENDPOINTS={etcd.endpoint}\n")
-    env = {**os.environ, "ETCD_ENDPOINTS": etcd.endpoint, "PORT": port}
+    # Locally /_status shows endpoints and error text (deploy.sh and Terraform leave it off).
+    env = {"STATUS_DETAILS": "true", **os.environ, "ETCD_ENDPOINTS": etcd.endpoint, "PORT": port}
     server = None
     try:
         subprocess.run([sys.executable, "-m", "config_watch", "seed"], env=env, check=True)

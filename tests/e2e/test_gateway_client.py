@@ -58,12 +58,16 @@ def test_onboarding_follows_its_feature_flag(etcd, client):
     wait_until(lambda: client.get("/onboarding", headers=key()).status_code == 404, 5, message="flag off")
 
 
-def test_maintenance_mode_answers_503_except_status(etcd, client):
+def test_maintenance_mode_answers_503_on_every_path_but_status(etcd, client):
+    etcd.etcdctl("put", ONBOARDING, "true")  # so /onboarding would answer 200 if maintenance were skipped
     etcd.etcdctl("put", MAINTENANCE_MODE, "true")
     response = wait_until(lambda: (r := client.get("/", headers=key())).status_code == 503 and r, 5)
     assert int(response.headers["Retry-After"]) > 0
     assert response.headers["RateLimit-Limit"] == "100"
     assert response.json["error"] == "maintenance"
+    for path in ("/onboarding", "/anything/else", "/v1/jobs"):
+        response = client.get(path, headers=key())
+        assert response.status_code == 503 and response.json["error"] == "maintenance", path
     assert client.get("/_status").status_code == 200
     etcd.etcdctl("put", MAINTENANCE_MODE, "false")
     wait_until(lambda: client.get("/", headers=key()).status_code == 200, 5)
@@ -143,7 +147,9 @@ def test_unreachable_etcd_serves_defaults_and_says_so(monkeypatch):
     assert response.status_code == 200 and response.headers["X-Config-Revision"] == "0"
     status = client.get("/_status").json
     assert status["synced"] is False and status["connected"] is False
-    wait_until(lambda: client.get("/_status").json["last_error"], 5, message="error reported")
+    status = wait_until(lambda: (s := client.get("/_status").json)["error_kind"] and s, 5, message="error reported")
+    assert status["error_kind"] == "transient" and status["reason"] == "etcd unreachable"
+    assert status["state"] == "initializing"
 
 
 def test_logs_carry_the_request_trace_on_google_cloud(etcd, monkeypatch, capfd):

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from config_watch import RATE_LIMIT, EtcdError, Settings
+from config_watch import RATE_LIMIT, ConfigWatcher, EtcdError, Settings
 from config_watch._etcd import EtcdClient, ordered_progress
 from config_watch._source import EtcdSource
-from tests.conftest import PREFIXES
+from tests.conftest import PREFIXES, fast_settings
 from tests.support import wait_until
 from tools.etcd_server import EtcdCluster
 
@@ -73,7 +73,7 @@ def test_unreachable_etcd_keeps_last_good_snapshot_and_reports_stale(etcd, proxy
     assert time.monotonic() - started < 1.0  # bounded by the check's deadline, not hung
     assert snapshot[RATE_LIMIT] == 34
     status = watcher.status()
-    assert status["stale"] is True and status["connected"] is False
+    assert status.stale is True and status.connected is False
     # While etcd stays unreachable, the next requests do not each pay a check's deadline.
     checks = watcher.counters["checks"]
     started = time.monotonic()
@@ -143,19 +143,38 @@ def cluster(tmp_path):
         yield c
 
 
-def test_cluster_member_and_leader_loss_deliver_every_change_in_order(cluster, make_watcher):
-    watcher = make_watcher(cluster.endpoints)
+class RecordingSource(EtcdSource):
+    """The production source; every event batch its streams deliver is also recorded."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.delivered: list = []
+        self.watcher = None
+
+    def watch(self, start_revision, on_events):
+        def recording(events):
+            current = self.watcher.store.current.revision
+            self.delivered.extend((e.key, e.value, e.mod_revision) for e in events
+                                  if e.key == RATE_LIMIT and e.mod_revision > current)
+            on_events(events)
+
+        return super().watch(start_revision, recording)
+
+
+def test_cluster_member_and_leader_loss_deliver_every_change_in_order(cluster):
+    settings = fast_settings(cluster.endpoints)
+    source = RecordingSource(settings, PREFIXES)
+    watcher = source.watcher = ConfigWatcher(lambda: source, PREFIXES, settings)
+    watcher.start()
+    try:
+        every_change_in_order(cluster, watcher, source.delivered)
+    finally:
+        watcher.stop()
+
+
+def every_change_in_order(cluster, watcher, applied: list) -> None:
     assert watcher.wait_synced(10)
     wait_until(lambda: watcher.connected, 5)
-    applied: list[tuple[str, bytes, int]] = []
-    original_apply = watcher.apply
-
-    def recording_apply(events):
-        applied.extend((e.key, e.value, e.mod_revision) for e in events
-                       if e.key == RATE_LIMIT and e.mod_revision > watcher.store.current.revision)
-        original_apply(events)
-
-    watcher.apply = recording_apply
     writer = Writer(cluster.endpoints, RATE_LIMIT)
     writer.start()
     try:
@@ -233,7 +252,7 @@ def test_progress_answer_after_writes_outside_the_range_is_complete_only_from_or
     start = etcd.revision() + 1
     for value in ("a", "b"):
         etcd.etcdctl("put", "/elsewhere/key", value)
-    stream = source.watch(start)
+    stream = source.watch(start, on_events=lambda events: None)
     try:
         client = EtcdClient(Settings.from_env({"ETCD_ENDPOINTS": etcd.endpoint}))
         try:  # the open /version and Maintenance.Status agree
@@ -340,7 +359,7 @@ def test_asking_an_unreachable_members_version_does_not_hold_up_the_watch():
                                       "ETCD_REQUEST_TIMEOUT_SECONDS": "3"})
         source = EtcdSource(settings, PREFIXES)
         started = time.monotonic()
-        stream = source.watch(1)
+        stream = source.watch(1, on_events=lambda events: None)
         try:
             elapsed = time.monotonic() - started
             assert source.server_version is None

@@ -9,6 +9,8 @@ import threading
 import time
 
 import pytest
+
+from config_watch._backoff import Backoff
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
@@ -303,7 +305,9 @@ def set_reader_password(server: EtcdServer, password: str) -> None:
 
 
 def test_error_on_refused_credentials_and_ready_once_they_are_accepted(auth_etcd, make_watcher, events):
-    watcher = make_watcher(auth_etcd.endpoint, ETCD_USERNAME="reader", ETCD_PASSWORD="second")
+    # Refused credentials are retried at a slow fixed pace (30 s by default): short here.
+    watcher = make_watcher(auth_etcd.endpoint, backoff=Backoff(permanent_delay=0.5),
+                           ETCD_USERNAME="reader", ETCD_PASSWORD="second")
     started = time.monotonic()
     with pytest.raises(GeneralError, match="AuthError"):
         api.set_provider_and_wait(EtcdProvider(watcher, init_timeout=30))

@@ -46,7 +46,7 @@ def test_cold_start_wait_is_bounded_when_etcd_is_down(monkeypatch):
     started = time.monotonic()
     config_watch.snapshot()
     assert time.monotonic() - started < 0.2
-    assert config_watch.status()["synced"] is False
+    assert config_watch.status().synced is False
 
 
 FORK_SCRIPT = """

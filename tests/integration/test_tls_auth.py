@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import functions_framework
@@ -93,24 +94,45 @@ def test_gateway_credentials_cannot_write(secure_etcd):
         client.close()
 
 
-def test_wrong_password_is_reported_without_crashing(secure_etcd, monkeypatch, caplog):
+def test_never_synced_with_a_refused_password_answers_503_with_the_reason(secure_etcd, monkeypatch, caplog):
+    """Not 200 with defaults: etcd is reachable and says no, so defaults would be a lie."""
     server, tls = secure_etcd
-    client = client_for(gateway_env(server, tls, ETCD_PASSWORD="wrong", CONFIG_INITIAL_WAIT_SECONDS="0.3"),
-                        monkeypatch)
+    client = client_for(gateway_env(server, tls, ETCD_PASSWORD="wrong-password"), monkeypatch)
     response = client.get("/")
-    assert response.status_code == 200 and response.headers["X-Config-Revision"] == "0"
-    status = wait_until(lambda: (s := client.get("/_status").json)["last_error"] and s, 5)
-    assert status["synced"] is False
-    assert "AuthError" in status["last_error"] and "invalid user ID or password" in status["last_error"]
-    assert any("etcd unavailable" in r.getMessage() and "password" in str(getattr(r, "json_fields", ""))
+    assert response.status_code == 503 and "X-Config-Revision" not in response.headers
+    error = response.json["error"]
+    assert "ETCD_USERNAME/ETCD_PASSWORD" in error
+    assert "wrong-password" not in error and str(server.client_port) not in error
+    status = client.get("/_status").json  # STATUS_DETAILS off: the kind and reason only
+    assert status["state"] == "failed" and status["error_kind"] == "permanent" and status["synced"] is False
+    assert "last_error" not in status and "endpoint" not in status
+    assert any(r.levelno == logging.ERROR and "invalid user ID or password" in str(getattr(r, "json_fields", ""))
                for r in caplog.records)
+
+
+def test_synced_process_keeps_its_snapshot_when_etcd_refuses_it_later(secure_etcd, monkeypatch):
+    server, tls = secure_etcd
+    client = client_for(gateway_env(server, tls, CONFIG_STALENESS_SECONDS="0.5", STATUS_DETAILS="true"),
+                        monkeypatch)
+    assert client.get("/").headers["RateLimit-Limit"] == "61"
+    server.etcdctl("--user=root:root-secret", "user", "passwd", "gateway", "--interactive=false",
+                   input="changed-password\n")
+    server.restart()  # the watch reconnects, and must log in again
+    status = wait_until(lambda: (s := client.get("/_status").json)["error_kind"] == "permanent" and s, 15,
+                        message="refused login reported")
+    assert status["synced"] is True and status["state"] == "failed"
+    assert "invalid user ID or password" in status["last_error"]
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["RateLimit-Limit"] == "61"  # the last good snapshot
+    wait_until(lambda: client.get("/_status").json["stale"] is True, 5, message="reported stale")
 
 
 def test_wrong_certificate_is_reported_without_crashing(secure_etcd, monkeypatch, tmp_path):
     server, tls = secure_etcd
     other = make_tls_material(tmp_path / "other-pki", client_names=("gateway",))  # signed by another CA
     client = client_for(gateway_env(server, tls, ETCD_CERT=other.clients["gateway"].cert,
-                                    ETCD_KEY=other.clients["gateway"].key, CONFIG_INITIAL_WAIT_SECONDS="0.3"),
+                                    ETCD_KEY=other.clients["gateway"].key, CONFIG_INITIAL_WAIT_SECONDS="0.3",
+                                    STATUS_DETAILS="true"),
                         monkeypatch)
     assert client.get("/").status_code == 200
     status = wait_until(lambda: (s := client.get("/_status").json)["last_error"] and s, 5)
@@ -118,10 +140,11 @@ def test_wrong_certificate_is_reported_without_crashing(secure_etcd, monkeypatch
     assert "Unavailable" in status["last_error"] and "certificate" in status["last_error"].lower()
 
 
-def test_missing_certificate_file_is_reported_without_crashing(secure_etcd, monkeypatch, tmp_path):
+def test_missing_certificate_file_is_a_settings_error(secure_etcd, monkeypatch, tmp_path):
+    """TLS files are read when the runtime is made: a missing one is a bad setting, at once."""
     server, tls = secure_etcd
-    client = client_for(gateway_env(server, tls, ETCD_CERT=str(tmp_path / "absent.pem"),
-                                    CONFIG_INITIAL_WAIT_SECONDS="0.3"), monkeypatch)
-    assert client.get("/").status_code == 200
-    status = wait_until(lambda: (s := client.get("/_status").json)["last_error"] and s, 5)
-    assert "ETCD_CERT" in status["last_error"] and "absent.pem" in status["last_error"]
+    client = client_for(gateway_env(server, tls, ETCD_CERT=str(tmp_path / "absent.pem")), monkeypatch)
+    for path in ("/", "/_status", "/onboarding"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert "ETCD_CERT" in response.json["error"] and "absent.pem" in response.json["error"]

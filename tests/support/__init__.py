@@ -23,3 +23,23 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}"
                                  + (f" (last error: {last_error!r})" if last_error else ""))
         time.sleep(interval)
+
+
+def record_published(watcher) -> list:
+    """Every snapshot `watcher`'s store publishes from now on, in order (the store is
+    wrapped, not the watcher: events reach it by the path production uses)."""
+    import threading
+
+    published: list = []
+    original = watcher.store.publish
+    lock = threading.Lock()
+
+    def publish(snapshot, restore=False):
+        with lock:
+            ok = original(snapshot, restore=restore)
+            if ok:
+                published.append(snapshot)
+            return ok
+
+    watcher.store.publish = publish
+    return published

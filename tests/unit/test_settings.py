@@ -161,3 +161,23 @@ def test_settings_are_immutable():
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.max_clients = 1  # type: ignore[misc]
+
+
+def test_each_default_is_written_once_in_the_fields():
+    """from_env takes its defaults from the fields, so the two can never disagree."""
+    import inspect
+    import re
+
+    source = inspect.getsource(Settings.from_env)
+    literals = re.findall(r'_(?:float|int|bool)\(env, "[A-Z_]+", (?!default\[)', source)
+    assert literals == [], literals
+
+
+@pytest.mark.parametrize("raw,expected", [("", False), ("true", True), ("TRUE", True), ("false", False)])
+def test_status_details_is_off_unless_set_true(raw, expected):
+    assert Settings.from_env({"STATUS_DETAILS": raw}).status_details is expected
+
+
+def test_status_details_rejects_anything_but_true_or_false():
+    with pytest.raises(SettingsError, match="STATUS_DETAILS"):
+        Settings.from_env({"STATUS_DETAILS": "yes"})

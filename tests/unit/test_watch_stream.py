@@ -143,3 +143,42 @@ def test_answer_owed_to_a_settled_question_is_not_taken_for_a_newer_one(open_str
     stream.request_progress()
     assert reply(progress(10)).asked_at == 0.0  # a2: owed to q2, proves nothing about q3's time
     assert reply(progress(10)).asked_at >= third  # a3
+
+
+def test_events_go_to_on_events_and_get_sees_only_the_sign_of_life():
+    applied = []
+    stub = ScriptedStub()
+    stream = WatchStream(stub, KEY, KEY + b"\0", 11, [], on_events=applied.append)
+    try:
+        stub.call.feed.put(events(12, 12))
+        batch = stream.get(timeout=5)
+        assert batch is not None and batch.events == () and batch.header_revision == 12
+        assert [[e.mod_revision for e in evs] for evs in applied] == [[12]]
+    finally:
+        stream.close()
+
+
+def test_no_event_is_applied_once_close_returns():
+    """close() waits for a batch being applied, then for the reader (bounded)."""
+    applying, release = threading.Event(), threading.Event()
+    applied = []
+
+    def on_events(evs):
+        applying.set()
+        release.wait(5)
+        applied.append(evs)
+
+    stub = ScriptedStub()
+    stream = WatchStream(stub, KEY, KEY + b"\0", 11, [], on_events=on_events)
+    stub.call.feed.put(events(12, 12))
+    assert applying.wait(5)
+    closer = threading.Thread(target=stream.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # held by the batch being applied
+    release.set()
+    closer.join(5)
+    assert not closer.is_alive() and len(applied) == 1
+    assert not stream._reader.is_alive()  # joined
+    stub.call.feed.put(events(13, 13))  # arrives after close: never applied
+    assert len(applied) == 1

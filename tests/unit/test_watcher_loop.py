@@ -12,6 +12,8 @@ import pytest
 
 from config_watch import (
     GLOBAL_PREFIX,
+    AuthError,
+    MAINTENANCE_MODE,
     RATE_LIMIT,
     Compacted,
     ConfigWatcher,
@@ -20,8 +22,9 @@ from config_watch import (
     service_prefix,
 )
 from config_watch._backoff import Backoff
+from config_watch._errors import ConfigurationError
 from config_watch._model import Event, KeyValue, WatchBatch
-from tests.support import wait_until
+from tests.support import record_published, wait_until
 
 PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
 
@@ -41,19 +44,33 @@ class FakeClock:
 
 
 class FakeStream:
-    """A watch stream fed by the test. `silent`: every get is a tick of silence on `clock`."""
+    """A watch stream fed by the test. `silent`: every get is a tick of silence on `clock`.
 
-    def __init__(self, start_revision: int, silent: bool, clock: FakeClock | None) -> None:
+    `push` does what WatchStream's reader does with a response: it applies the events
+    through the loop's `on_events` (on the pushing thread, as on the reader thread),
+    then queues the response's sign of life for `get`. Nothing is applied once closed.
+    """
+
+    def __init__(self, start_revision: int, on_events, silent: bool, clock: FakeClock | None) -> None:
         self.start_revision = start_revision
+        self.on_events = on_events
         self.silent = silent
         self.clock = clock
         self.progress_requests = 0
+        self.asked_at: list[float] = []
         self.closed = False
         self.waiting = False
         self._items: deque = deque()
         self._cond = threading.Condition()
+        self._deliver_lock = threading.RLock()
 
     def push(self, item) -> None:
+        if isinstance(item, WatchBatch) and item.events:
+            with self._deliver_lock:
+                if self.closed:
+                    return
+                self.on_events(item.events)
+            item = WatchBatch(item.header_revision)
         with self._cond:
             self._items.append(item)
             self._cond.notify_all()
@@ -77,13 +94,15 @@ class FakeStream:
             raise item
         return item
 
-    def request_progress(self) -> None:
+    def request_progress(self, asked_at: float) -> None:
         self.progress_requests += 1
+        self.asked_at.append(asked_at)
 
     def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
+        with self._deliver_lock:
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
 
 
 class FakeSource:
@@ -117,11 +136,11 @@ class FakeSource:
             raise item
         return item
 
-    def watch(self, start_revision: int) -> FakeStream:
+    def watch(self, start_revision: int, on_events) -> FakeStream:
         self._record("watch", start_revision)
         silent = self.silent_streams > 0
         self.silent_streams -= silent
-        stream = FakeStream(start_revision, silent, self.clock)
+        stream = FakeStream(start_revision, on_events, silent, self.clock)
         with self._lock:
             self.streams.append(stream)
         return stream
@@ -136,9 +155,6 @@ class FakeSource:
         self._record("rotate")
         self._rotations += 1
         return f"fake-{self._rotations}:2379"
-
-    def reconnect(self) -> None:
-        self._record("reconnect")
 
     def close(self) -> None:
         self._record("close")
@@ -219,7 +235,7 @@ def test_watch_events_are_published_one_revision_at_a_time(make_watcher):
     source.stream(0).push(batch(9, put(RATE_LIMIT, "9", 9)))
     wait_until(revision_is(watcher, 9), timeout=5)
     assert watcher.store.current[RATE_LIMIT] == 9
-    assert watcher.connected
+    wait_until(lambda: watcher.connected, timeout=5, message="the response's sign of life reaches the loop")
 
 
 def test_progress_notification_changes_nothing(make_watcher):
@@ -264,25 +280,77 @@ def test_compacted_revision_relists_and_swaps_in_the_fresh_snapshot(make_watcher
     assert watcher.counters["relists"] == 2
 
 
-def test_published_revisions_never_go_backwards_when_a_list_is_older(make_watcher):
+def test_events_of_one_revision_are_published_as_one_snapshot(make_watcher):
+    source = FakeSource()
+    source.default_list = (7, [])
+    watcher = make_watcher(source, start=False)
+    published = record_published(watcher)
+    watcher.start()
+    watching(source.stream(0)).push(batch(9, put(RATE_LIMIT, "9", 9), put(MAINTENANCE_MODE, "true", 9)))
+    wait_until(revision_is(watcher, 9), timeout=5)
+    assert [s.revision for s in published] == [7, 9]
+    assert published[-1][RATE_LIMIT] == 9 and published[-1][MAINTENANCE_MODE] is True
+
+
+# --- restores: the one way back -------------------------------------------------------------
+
+
+def test_list_below_the_snapshot_publishes_the_restored_state_once(make_watcher, caplog):
+    """A linearizable list never goes back, so a lower revision is a restore from backup."""
     source = FakeSource()
     source.list_script.extend([(10, [KeyValue(RATE_LIMIT, b"5", 10)]), (6, [KeyValue(RATE_LIMIT, b"1", 6)])])
     watcher = make_watcher(source, start=False)
-    published: list[int] = []
-    original = watcher.store.publish
-
-    def recording_publish(snapshot):
-        ok = original(snapshot)
-        published.append(watcher.store.current.revision)
-        return ok
-
-    watcher.store.publish = recording_publish
+    published = record_published(watcher)
     watcher.start()
     source.stream(0).push(Compacted(8))
-    assert source.stream(1).start_revision == 11
-    assert watcher.store.current.revision == 10 and watcher.store.current[RATE_LIMIT] == 5
-    assert len(published) == 2  # both lists were offered to the store
-    assert published == sorted(published) and published[-1] == 10
+    assert source.stream(1).start_revision == 7  # watched from the restored revision + 1
+    assert watcher.store.current.revision == 6 and watcher.store.current[RATE_LIMIT] == 1
+    assert [s.revision for s in published] == [10, 6]
+    assert watcher.counters["restores"] == 1
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR and "restored" in r.getMessage()]
+    assert loud and loud[0].json_fields["revision"] == 6 and loud[0].json_fields["previous_revision"] == 10
+
+
+def test_watch_answer_below_the_snapshot_relists_and_applies_later_writes(make_watcher):
+    """Restored from 8 to 4: the watch from 9 would wait for a future revision forever."""
+    source = FakeSource()
+    source.list_script.extend([(8, [KeyValue(RATE_LIMIT, b"5", 8)]), (4, [KeyValue(RATE_LIMIT, b"2", 4)])])
+    watcher = make_watcher(source)
+    watching(source.stream(0)).push(batch(4))  # the created answer of the watch from 9
+    resumed = source.stream(1)
+    assert resumed.start_revision == 5
+    assert watcher.store.current.revision == 4 and watcher.store.current[RATE_LIMIT] == 2
+    watching(resumed).push(batch(5, put(RATE_LIMIT, "3", 5)))
+    wait_until(lambda: watcher.store.current[RATE_LIMIT] == 3, timeout=5, message="write after the restore")
+
+
+def test_watch_answer_below_the_snapshot_from_a_lagging_member_is_no_proof(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.list_script.extend([(8, []), (8, [])])  # the relist shows etcd did not go back
+    watcher = make_watcher(source, clock=clock)
+    watching(source.stream(0)).push(batch(6))
+    stream = watching(source.stream(1))
+    assert watcher.counters["restores"] == 0 and watcher.store.current.revision == 8
+    clock.advance(3)
+    stream.push(WatchBatch(6, asked_at=clock(), complete=True))  # the member still lags
+    wait_until(lambda: watcher.connected, timeout=5)
+    assert watcher.staleness() >= 3  # alive, but not proof that the snapshot is current
+    assert source.count("list") == 2 and len(source.streams) == 2  # confirmed once, not again
+
+
+def test_check_below_the_snapshot_is_no_proof_and_the_loop_relists(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.list_script.extend([(8, [KeyValue(RATE_LIMIT, b"5", 8)]), (4, [KeyValue(RATE_LIMIT, b"2", 4)])])
+    watcher = make_watcher(source, clock=clock)
+    watching(source.stream(0))
+    source.check_result = (4, [KeyValue(RATE_LIMIT, b"2", 4)])
+    clock.advance(3)  # stale: the request checks
+    watcher.ensure_fresh()
+    assert source.count("check") == 1
+    assert source.stream(1).start_revision == 5  # the loop relisted and published the restored state
+    assert watcher.store.current[RATE_LIMIT] == 2 and watcher.counters["restores"] == 1
 
 
 # --- dead streams and errors -------------------------------------------------------------
@@ -362,7 +430,7 @@ def test_ensure_fresh_on_a_stale_watcher_checks_and_catches_up(make_watcher):
     assert watcher.counters["check_catchups"] == 1
     # The watch that missed the change is replaced, resuming after the caught-up revision.
     assert source.stream(1).start_revision == 13
-    assert ("reconnect",) in source.calls
+    assert ("close",) in source.calls  # on a new connection
 
 
 def test_ensure_fresh_does_nothing_when_fresh(make_watcher):
@@ -454,3 +522,161 @@ def test_failed_check_is_not_repeated_by_every_request(make_watcher):
     clock.advance(1.0)  # the pause after a failure is at most a second
     watcher.ensure_fresh()
     assert source.count("check") == 2
+
+
+# --- errors by meaning ---------------------------------------------------------------
+
+
+class MaxRand:
+    """Backoff's random source, pinned to the longest delay."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high
+
+
+def test_refused_credentials_are_permanent_retried_slowly_and_reported(make_watcher, caplog):
+    source = FakeSource()
+    source.list_script.extend([AuthError("etcd refused user 'gateway': authentication failed")] * 3)
+    backoff = Backoff(base=0.001, cap=0.005, rand=random.Random(0), permanent_delay=60)
+    watcher = make_watcher(source, backoff=backoff)
+    assert watcher.wait_settled(5) and not watcher.synced
+    status = watcher.status()
+    assert status.state == "failed" and status.error_kind == "permanent"
+    assert "ETCD_PASSWORD" in status.reason and "gateway" not in status.reason  # no user name for anyone
+    watcher.stop()
+    assert source.count("list") == 1  # one try, then the slow pace: no tight loop of refused logins
+    assert source.count("rotate") == 0 and backoff.attempts == 0
+    logged = [r for r in caplog.records if r.name == "config_watch._watcher" and r.levelno >= logging.WARNING]
+    assert logged and all(r.exc_info is None for r in logged)  # no stack trace for a known error
+
+
+def test_unreadable_tls_files_from_the_source_factory_are_a_permanent_settings_error(make_watcher):
+    def factory():
+        raise ConfigurationError("ETCD_CERT: cannot read /secrets/cert.pem: No such file or directory")
+
+    watcher = ConfigWatcher(factory, PREFIXES, settings(), backoff=Backoff(permanent_delay=60)).start()
+    try:
+        assert watcher.wait_settled(5)
+        status = watcher.status()
+        assert status.error_kind == "permanent" and status.reason == "bad setting: ETCD_CERT"
+        assert "/secrets" in status.error and "/secrets" not in str(status.to_json(details=False))
+    finally:
+        watcher.stop()
+
+
+def test_transient_errors_back_off_and_rotate(make_watcher):
+    source = FakeSource()
+    source.list_script.extend([Unavailable("connection refused"), Unavailable("no leader"), (3, [])])
+    backoff = Backoff(base=0.001, cap=0.005, rand=random.Random(0))
+    watcher = make_watcher(source, backoff=backoff)
+    assert watcher.wait_synced(5)
+    assert source.count("rotate") == 2 and backoff.attempts == 2
+    assert source.stream(0).start_revision == 4
+
+
+# --- backoff: reset only after a healthy stretch -----------------------------------------
+
+
+def test_watch_accepted_then_dropped_backs_off_like_any_failure(make_watcher):
+    source = FakeSource()
+    source.default_list = (7, [])
+    backoff = Backoff(base=0.001, cap=0.005, rand=random.Random(0))
+    make_watcher(source, backoff=backoff)
+    for i in range(4):
+        stream = watching(source.stream(i))
+        stream.push(batch(7))  # the watch-created reply
+        stream.push(Unavailable("connection reset by peer"))
+    source.stream(4)
+    assert backoff.attempts == 4  # not reset by the replies
+
+
+def test_backoff_starts_over_after_a_healthy_stretch(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.default_list = (7, [])
+    backoff = Backoff(base=0.001, cap=0.005, rand=random.Random(0), reset_after=30)
+    make_watcher(source, clock=clock, backoff=backoff, ETCD_DEAD_STREAM_SECONDS=100)
+    first = watching(source.stream(0))
+    first.push(batch(7))
+    first.push(Unavailable("connection reset by peer"))
+    second = watching(source.stream(1))
+    second.push(batch(7))
+    wait_until(lambda: second.progress_requests >= 1 and not second._items, timeout=5)
+    assert backoff.attempts == 1
+    clock.advance(29)
+    second.push(batch(7))
+    wait_until(lambda: not second._items, timeout=5)
+    assert backoff.attempts == 1  # 29 s healthy: not yet
+    clock.advance(2)
+    second.push(batch(7))
+    wait_until(lambda: backoff.attempts == 0, timeout=5, message="reset after 30 s healthy")
+
+
+# --- recovery: a request's check wakes the loop -----------------------------------------------
+
+
+def test_successful_check_wakes_a_loop_sleeping_out_its_backoff(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.default_list = (7, [])
+    backoff = Backoff(base=100, cap=100, rand=MaxRand())  # a 100 s sleep after the first failure
+    watcher = make_watcher(source, clock=clock, backoff=backoff)
+    watching(source.stream(0)).push(Unavailable("etcd stopped"))
+    wait_until(lambda: watcher.failure is not None, timeout=5)
+    source.check_result = (9, [KeyValue(RATE_LIMIT, b"9", 9)])  # etcd is back, with a new write
+    snapshot = watcher.ensure_fresh()  # not stale, but the loop is down: the request may check
+    assert snapshot.revision == 9 and snapshot[RATE_LIMIT] == 9
+    assert source.stream(1).start_revision == 10  # re-watched at once, not after 100 s
+
+
+def test_while_the_loop_is_down_requests_check_at_most_once_a_second(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.default_list = (7, [])
+    watcher = make_watcher(source, clock=clock, backoff=Backoff(base=100, cap=100, rand=MaxRand()))
+    watching(source.stream(0)).push(Unavailable("etcd stopped"))
+    wait_until(lambda: watcher.failure is not None, timeout=5)
+    source.check_result = Unavailable("connection refused")
+    for _ in range(5):
+        watcher.ensure_fresh()
+    assert source.count("check") == 1
+    clock.advance(0.9)
+    watcher.ensure_fresh()
+    assert source.count("check") == 1
+    clock.advance(0.2)
+    watcher.ensure_fresh()
+    assert source.count("check") == 2
+
+
+# --- one clock, and a promise kept ----------------------------------------------------------
+
+
+def test_progress_questions_are_stamped_by_the_injected_clock(make_watcher):
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.default_list = (7, [])
+    make_watcher(source, clock=clock)
+    stream = watching(source.stream(0))
+    assert stream.asked_at and set(stream.asked_at) == {clock()}  # the fake time, not time.monotonic()
+
+
+def test_synced_is_reported_only_once_its_snapshot_is_published(make_watcher):
+    """A never-synced watcher whose request check reaches etcd first."""
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.list_script.extend([Unavailable("connection refused")] * 1000)
+    source.check_result = (5, [KeyValue(RATE_LIMIT, b"9", 5)])
+    watcher = make_watcher(source, clock=clock, start=False,
+                           backoff=Backoff(base=100, cap=100, rand=MaxRand()))
+    seen_synced: list[bool] = []
+    original = watcher.store.publish
+
+    def publish(snapshot, restore=False):
+        seen_synced.append(watcher.synced)
+        return original(snapshot, restore=restore)
+
+    watcher.store.publish = publish
+    watcher.start()
+    wait_until(lambda: watcher.failure is not None, timeout=5)
+    assert watcher.ensure_fresh()[RATE_LIMIT] == 9
+    assert seen_synced[0] is False and watcher.synced
