@@ -15,7 +15,7 @@ locals {
   # Secret Manager secrets mounted as files: Cloud Run gives every secret volume a
   # directory of its own, so each file lives in a separate one.
   function_env = {
-    ETCD_ENDPOINTS     = "https://${google_compute_address.etcd.address}:2379"
+    ETCD_ENDPOINTS     = local.etcd_client_urls # every etcd member
     ETCD_CACERT        = "/etc/secrets/etcd-ca/ca.pem"
     ETCD_CERT          = "/etc/secrets/etcd-cert/client.pem"
     ETCD_KEY           = "/etc/secrets/etcd-key/client-key.pem"

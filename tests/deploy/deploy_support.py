@@ -258,7 +258,17 @@ DEPLOY_SETTINGS = {
 # Values Terraform only knows at apply time (resource attributes, required variables).
 APPLY_TIME_SAMPLES = {
     "project_id": "sample-project",
+    "initial_cluster": "etcd-config=https://10.10.0.2:2380",
+    "cluster_client_urls": "https://10.10.0.2:2379",
+    "backup_bucket": "sample-project-etcd-config-backups",
+    "backup_service_account": "etcd-config-bk@sample-project.iam.gserviceaccount.com",
+}
+
+# One member's own values (local.etcd_member_vars[i]): member 0 of a one-member cluster.
+MEMBER_SAMPLES = {
+    "node_name": "etcd-config",
     "private_ip": "10.10.0.2",
+    "bootstrap_member": "true",
 }
 
 _VAR = re.compile(r"\$\{var\.(\w+)\}")
@@ -300,13 +310,17 @@ def _evaluate(expr, overrides):
         text = (TERRAFORM / m.group(1)).read_text()
         return render_template(text, resolve_template_values(m.group(2), overrides))
     if m := _FILE.fullmatch(expr):
-        return (TERRAFORM / m.group(1)).read_text()
+        return (TERRAFORM / m.group(1)).resolve().read_text()
     raise KeyError(f"cannot evaluate {expr!r}; add it to APPLY_TIME_SAMPLES")
 
 
 def render_startup_script(**overrides) -> str:
+    """The startup script as Terraform renders it for one member: the shared values
+    merged with that member's (MEMBER_SAMPLES, as templatefile(..., merge(...)) does)."""
     text = (TEMPLATES / "etcd-startup.sh.tftpl").read_text()
-    return render_template(text, resolve_template_values("etcd_startup_vars", overrides))
+    values = resolve_template_values("etcd_startup_vars", overrides)
+    values.update({k: overrides.get(k, v) for k, v in MEMBER_SAMPLES.items()})
+    return render_template(text, values)
 
 
 def parse_flag_lines(text: str) -> list[str]:
