@@ -8,7 +8,7 @@
 # member that has data:
 #   - data in DATA_DIR: "existing" (etcd then ignores the initial-cluster flags and
 #     rejoins with its own membership; a rebooted member takes this path);
-#   - no data, and another member answers and lists this one as not yet started:
+#   - no data, and another member answers and lists this one as never started:
 #     "existing" (a replaced member added with `etcdctl member add`, or a member that
 #     booted after the other two formed the cluster); any other answer refuses to
 #     start, so an empty disk never joins in place of a member that had data;
@@ -53,11 +53,12 @@ running_members() {
     member list -w simple 2>/dev/null || true
 }
 
-# `member list -w simple` lines look like "ID, STATUS, NAME, PEER URLS, CLIENT URLS, LEARNER".
+# `member list -w simple` lines look like "ID, STATUS, NAME, PEER URLS, CLIENT URLS,
+# LEARNER". A member that has never run has no client URLs yet: "..., PEER URL, , false".
 listed() { # members needle
   local line
   while IFS= read -r line; do
-    [[ "$line" == *", $2, "* || "$line" == *", $2," ]] && return 0
+    [[ "$line" == *", $2, "* ]] && return 0
   done <<<"$1"
   return 1
 }
@@ -70,7 +71,7 @@ else
   if [ -z "$members" ]; then
     state=new
     log "no data and no running member: bootstrapping the cluster"
-  elif listed "$members" "unstarted, , $PEER_URL"; then
+  elif listed "$members" "$PEER_URL, "; then
     state=existing
     log "no data; the running cluster expects $PEER_URL: joining it"
   elif listed "$members" "$PEER_URL"; then
