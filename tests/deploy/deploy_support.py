@@ -172,14 +172,17 @@ def shellcheck_path() -> Path:
 class FakeGcloud:
     """Writes a `gcloud` into `bin_dir` that appends its argv (JSON, one line per call)
     to `log`, prints a project for `config get-value project`, a token for
-    `auth print-identity-token`, and emulates `compute ssh ... --command='sudo
+    `auth print-identity-token`, emulates `compute ssh ... --command='sudo
     etcdctl-operator get|put|del KEY [VALUE]'` against a one-key-per-file store in
-    `state_dir`."""
+    `state_dir`, and `storage cp FILE... gs://BUCKET/PREFIX/` by copying into
+    `buckets_dir/BUCKET/PREFIX/` (refusing to overwrite, as an object-creator-only
+    identity would be refused)."""
 
     def __init__(self, root: Path, project: str = "fake-project", token: str = "fake-id-token"):
         self.bin_dir = root / "fake-bin"
         self.log = root / "gcloud-calls.jsonl"
         self.state_dir = root / "etcd-state"
+        self.buckets_dir = root / "buckets"
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         script = self.bin_dir / "gcloud"
@@ -213,6 +216,17 @@ class FakeGcloud:
                     elif op == "del":
                         print(1 if key_file.exists() else 0)
                         key_file.unlink(missing_ok=True)
+                elif words[:2] == ["storage", "cp"]:
+                    import shutil
+                    *sources, dest = words[2:]
+                    assert dest.startswith("gs://") and dest.endswith("/"), dest
+                    folder = Path({str(self.buckets_dir)!r}) / dest[len("gs://"):]
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for source in sources:
+                        target = folder / Path(source).name
+                        if target.exists():
+                            sys.exit("AccessDeniedException: 403 overwrite needs storage.objects.delete")
+                        shutil.copyfile(source, target)
                 sys.exit(int(os.environ.get("FAKE_GCLOUD_EXIT", "0")))
                 """
             )
