@@ -28,7 +28,8 @@
 #       (default: the etcd VM's /etc/etcd/pki/{ca,server,server-key}.pem).
 #   RESTORE_ROOT_CERT, RESTORE_ROOT_KEY   root's client certificate (default: the VM's
 #       /etc/etcd/clients/root{,-key}.pem).
-#   RESTORE_PORT   first of three loopback ports the scratch etcd uses (default 12379).
+#   RESTORE_PORT, RESTORE_PEER_PORT, RESTORE_METRICS_PORT   loopback ports of the
+#       scratch etcd (default 12379, 12380, 12381).
 #   ETCD_SERVICE   systemd unit that must be stopped before `install` (default etcd;
 #       empty skips the check). RESTORE_OWNER   owner of the restored files (default
 #       etcd when that user exists).
@@ -43,6 +44,8 @@ SERVER_KEY="${RESTORE_SERVER_KEY:-/etc/etcd/pki/server-key.pem}"
 ROOT_CERT="${RESTORE_ROOT_CERT:-/etc/etcd/clients/root.pem}"
 ROOT_KEY="${RESTORE_ROOT_KEY:-/etc/etcd/clients/root-key.pem}"
 PORT="${RESTORE_PORT:-12379}"
+PEER_PORT="${RESTORE_PEER_PORT:-$((PORT + 1))}"
+METRICS_PORT="${RESTORE_METRICS_PORT:-$((PORT + 2))}"
 # The throw-away key; outside every service's prefix, so no watcher ever sees it.
 BUMP_KEY=/restore/revision-bump
 
@@ -122,7 +125,7 @@ bump() {
 
   work="$(mktemp -d)"
   trap stop_scratch EXIT
-  local peer="http://127.0.0.1:$((PORT + 1))" metrics="http://127.0.0.1:$((PORT + 2))"
+  local peer="http://127.0.0.1:$PEER_PORT" metrics="http://127.0.0.1:$METRICS_PORT"
   "$ETCDUTL" snapshot restore "$snapshot" --data-dir "$work/data" --name scratch \
     --initial-cluster "scratch=$peer" --initial-advertise-peer-urls "$peer" >/dev/null 2>&1 ||
     die "bump: etcdutl snapshot restore failed"
@@ -136,7 +139,7 @@ bump() {
   until [[ "$(curl -fsS --max-time 2 "$metrics/health" 2>/dev/null || true)" == *'"health":"true"'* ]]; do
     if ! kill -0 "$scratch_pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
       cat "$work/etcd.log" >&2
-      die "bump: the scratch etcd did not start (ports $PORT-$((PORT + 2)) taken? set RESTORE_PORT)"
+      die "bump: the scratch etcd did not start (ports $PORT, $PEER_PORT, $METRICS_PORT taken? set RESTORE_PORT)"
     fi
     sleep 0.2
   done
