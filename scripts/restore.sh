@@ -102,7 +102,7 @@ write_bump_key() { # count
       echo 'output = "/dev/null"'
     done
   } >"$config"
-  curl --silent --show-error --fail --parallel --parallel-max 16 \
+  curl --silent --show-error --no-progress-meter --fail --parallel --parallel-max 16 \
     --cacert "$CACERT" --cert "$ROOT_CERT" --key "$ROOT_KEY" --config "$config"
 }
 
