@@ -48,6 +48,8 @@ running_members() {
     [ "$url" = "https://$PRIVATE_IP:$CLIENT_PORT" ] || others+=("$url")
   done
   [ "${#others[@]}" -gt 0 ] || return 0
+  # Without etcdctl every probe would fail and an empty member would bootstrap anew.
+  command -v "$ETCDCTL" >/dev/null || { log "$ETCDCTL not found"; exit 2; }
   local IFS=,
   ETCDCTL_API=3 "$ETCDCTL" --endpoints="${others[*]}" --dial-timeout=3s --command-timeout=5s \
     member list -w simple 2>/dev/null || true

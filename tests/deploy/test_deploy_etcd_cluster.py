@@ -19,6 +19,7 @@ import requests
 from deploy_support import TEMPLATES, heredoc_body, render_startup_script
 from tests.support import wait_until
 from tools.certs import make_tls_material
+from tools.etcd_server import etcd_binaries
 from tools.function_server import FunctionServer
 from vm_members import VMCluster
 
@@ -224,3 +225,36 @@ def test_an_empty_member_never_joins_in_place_of_one_that_had_data(cluster):
     assert lost.initial_state == "existing"
     lost.wait_healthy()
     assert cluster.etcdctl("member", "list").count(", started, ") == 3
+
+
+def node_flags(tmp_path, **env) -> subprocess.CompletedProcess:
+    base = {"NODE_NAME": "etcd-config-1", "PRIVATE_IP": "10.10.0.3", "DATA_DIR": str(tmp_path / "data"),
+            "INITIAL_CLUSTER": "etcd-config-0=https://10.10.0.2:2380,etcd-config-1=https://10.10.0.3:2380",
+            "CLUSTER_TOKEN": "etcd-config", "CLUSTER_CLIENT_URLS": "https://127.0.0.1:1,https://10.10.0.3:2379",
+            "ETCDCTL": etcd_binaries()[1], "PATH": os.environ["PATH"]}
+    return subprocess.run(["bash", str(TEMPLATES / "etcd-node-flags.sh")], env={**base, **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_node_flags_of_a_member_with_data_rejoin_without_asking_anyone(tmp_path):
+    (tmp_path / "data" / "member" / "wal").mkdir(parents=True)
+    result = node_flags(tmp_path, ETCDCTL=str(tmp_path / "no-etcdctl"))  # so no probe can be made
+    assert result.returncode == 0, result.stderr
+    assert "--initial-cluster-state=existing" in result.stdout.splitlines()
+    assert "--listen-peer-urls=https://10.10.0.3:2380" in result.stdout.splitlines()
+
+
+def test_node_flags_of_an_empty_member_with_no_cluster_running_bootstrap_it(tmp_path):
+    result = node_flags(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--initial-cluster-state=new" in result.stdout.splitlines()
+
+
+def test_node_flags_never_guess_when_they_cannot_ask(tmp_path):
+    result = node_flags(tmp_path, ETCDCTL=str(tmp_path / "no-etcdctl"))
+    assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_node_flags_refuse_a_member_missing_from_the_initial_cluster(tmp_path):
+    result = node_flags(tmp_path, NODE_NAME="etcd-config-2")
+    assert result.returncode == 2 and "not in INITIAL_CLUSTER" in result.stderr

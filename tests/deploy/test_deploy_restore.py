@@ -95,7 +95,7 @@ def worker_revisions(server: FunctionServer, done, timeout: float) -> dict[int, 
 @pytest.mark.parametrize("way", [
     "bumped",
     # The plain way needs the watch loop to take a lower revision after a restore.
-    pytest.param("plain", marks=pytest.mark.xfail(reason="needs issue 7's restore handling", strict=False)),
+    pytest.param("plain", marks=pytest.mark.xfail(reason="needs issue 7's restore handling", strict=True)),
 ])
 def test_every_worker_serves_the_restored_values_without_restart(way, etcd, tls, tmp_path):
     etcd.etcdctl("put", RATE_LIMIT, "111")

@@ -349,3 +349,60 @@ def test_startup_values_resolve():
     assert values["pki_dir"] == "/etc/etcd/pki"
     assert values["bootstrap_script"].startswith("#!/usr/bin/env bash")
     assert "--trusted-ca-file=/etc/etcd/pki/ca.pem" in values["etcd_flags"]
+
+
+# --- the etcd cluster option ---------------------------------------------------------------
+
+
+def test_cluster_size_is_one_or_three():
+    size = TF["variable"]["etcd_cluster_size"]
+    assert size["default"] == 1
+    (validation,) = size["validation"]
+    assert validation["condition"] == "${contains([1, 3], var.etcd_cluster_size)}"
+    for rtype in ("google_compute_instance", "google_compute_disk", "google_compute_address"):
+        assert only(rtype)["count"] == "${var.etcd_cluster_size}", rtype
+
+
+def test_members_spread_over_zones_and_the_single_vm_keeps_its_name_and_state():
+    zones = TF["locals"]["etcd_zones"]
+    assert zones.startswith("${var.etcd_cluster_size == 1 ? [local.zone]")
+    assert "data.google_compute_zones.available" in zones
+    assert "precondition" in str(only("google_compute_instance")["lifecycle"])
+    names = TF["locals"]["etcd_member_names"]
+    assert "[var.etcd_instance_name]" in names and '"${var.etcd_instance_name}-${i}"' in names
+    moved = {(m["from"], m["to"]) for m in TF.get("moved", [])}
+    for resource in ("google_compute_address.etcd", "google_compute_disk.etcd_data",
+                     "google_compute_instance.etcd"):
+        assert (f"${{{resource}}}", f"${{{resource}[0]}}") in moved, resource
+
+
+def test_static_initial_cluster_names_every_member_on_its_peer_tls_url():
+    initial = TF["locals"]["etcd_initial_cluster"]
+    assert "local.etcd_member_names" in initial and 'https://${local.etcd_member_ips[i]}:2380' in initial
+    startup = TF["locals"]["etcd_startup_vars"]
+    assert startup["initial_cluster"] == "${local.etcd_initial_cluster}"
+    # Only member 0 creates the users and roles.
+    assert 'bootstrap_member = i == 0 ? "true" : "false"' in TF["locals"]["etcd_member_vars"]
+
+
+def test_server_certificate_names_every_member():
+    request = RESOURCES["tls_cert_request"]["server"]
+    assert "local.etcd_member_ips" in request["ip_addresses"]
+    assert "local.etcd_member_names" in request["dns_names"]
+    assert "server_auth" in RESOURCES["tls_locally_signed_cert"]["server"]["allowed_uses"]
+    assert "client_auth" in RESOURCES["tls_locally_signed_cert"]["server"]["allowed_uses"]
+
+
+def test_peer_port_is_open_only_between_etcd_members():
+    rules = [rule for _, rule in firewall_rules() if "2380" in allowed_ports(rule)]
+    assert len(rules) == 1
+    (rule,) = rules
+    assert rule["source_service_accounts"] == ["${google_service_account.etcd.email}"]
+    assert rule["target_service_accounts"] == ["${google_service_account.etcd.email}"]
+
+
+def test_operators_reach_every_member():
+    grants = TF["locals"]["etcd_operator_grants"]
+    assert "setproduct(var.operator_members, range(var.etcd_cluster_size))" in grants
+    for rtype in ("google_iap_tunnel_instance_iam_member", "google_compute_instance_iam_member"):
+        assert RESOURCES[rtype]["operators"]["for_each"] == "${local.etcd_operator_grants}"
