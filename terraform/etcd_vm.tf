@@ -38,26 +38,26 @@ locals {
   # Values for templates/etcd-startup.sh.tftpl shared by every member; each member adds
   # local.etcd_member_vars[i]. tests/deploy checks the names match the template's.
   etcd_startup_vars = {
-    etcd_version          = var.etcd_version
-    etcd_sha256           = var.etcd_sha256
-    project_id            = var.project_id
-    secret_prefix         = local.secret_prefix
-    data_disk_device_name = local.etcd_data_device_name
-    pki_dir               = local.etcd_pki_dir
-    etcd_flags            = templatefile("${path.module}/templates/etcd.flags.tftpl", local.etcd_flags_vars)
-    node_flags_script     = file("${path.module}/templates/etcd-node-flags.sh")
-    bootstrap_script      = file("${path.module}/templates/etcd-bootstrap.sh")
-    backup_script         = file("${path.module}/templates/etcd-backup.sh")
-    restore_script        = file("${path.module}/../scripts/restore.sh")
-    gateway_user          = var.etcd_gateway_user
-    operator_user         = var.etcd_operator_user
-    config_prefix         = local.config_prefix
-    initial_cluster       = local.etcd_initial_cluster
-    cluster_token         = var.etcd_instance_name
-    cluster_client_urls   = local.etcd_client_urls
-    backup_bucket         = google_storage_bucket.etcd_backups.name
+    etcd_version           = var.etcd_version
+    etcd_sha256            = var.etcd_sha256
+    project_id             = var.project_id
+    secret_prefix          = local.secret_prefix
+    data_disk_device_name  = local.etcd_data_device_name
+    pki_dir                = local.etcd_pki_dir
+    etcd_flags             = templatefile("${path.module}/templates/etcd.flags.tftpl", local.etcd_flags_vars)
+    node_flags_script      = file("${path.module}/templates/etcd-node-flags.sh")
+    bootstrap_script       = file("${path.module}/templates/etcd-bootstrap.sh")
+    backup_script          = file("${path.module}/templates/etcd-backup.sh")
+    restore_script         = file("${path.module}/../scripts/restore.sh")
+    gateway_user           = var.etcd_gateway_user
+    operator_user          = var.etcd_operator_user
+    config_prefix          = local.config_prefix
+    initial_cluster        = local.etcd_initial_cluster
+    cluster_token          = var.etcd_instance_name
+    cluster_client_urls    = local.etcd_client_urls
+    backup_bucket          = google_storage_bucket.etcd_backups.name
     backup_service_account = google_service_account.etcd_backup.email
-    backup_interval       = var.etcd_backup_interval
+    backup_interval        = var.etcd_backup_interval
   }
 
   # Per member: its name and address; member 0 creates etcd's users and roles.
