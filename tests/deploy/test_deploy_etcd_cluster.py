@@ -12,14 +12,15 @@ import shutil
 import subprocess
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
-from deploy_support import TEMPLATES, heredoc_body, render_startup_script
+from deploy_support import REPO, TEMPLATES, heredoc_body, render_startup_script
 from tests.support import wait_until
 from tools.certs import make_tls_material
-from tools.etcd_server import etcd_binaries
+from tools.etcd_server import etcd_binaries, free_port
 from tools.function_server import FunctionServer
 from vm_members import VMCluster
 
@@ -258,3 +259,43 @@ def test_node_flags_never_guess_when_they_cannot_ask(tmp_path):
 def test_node_flags_refuse_a_member_missing_from_the_initial_cluster(tmp_path):
     result = node_flags(tmp_path, NODE_NAME="etcd-config-2")
     assert result.returncode == 2 and "not in INITIAL_CLUSTER" in result.stderr
+
+
+def test_restore_runbook_on_three_members(cluster, tls, tmp_path):
+    """README's restore runbook on the three members: backup, more writes, stop all,
+    bump once, install the same file on each (settings from its node.flags), start."""
+    start_cluster(cluster)
+    bootstrap_auth(cluster, cluster.members[0])
+    put(cluster, RATE_LIMIT, "1")
+    snapshot = tmp_path / "backup.db"
+    cluster.etcdctl("snapshot", "save", str(snapshot), endpoints=cluster.members[0].client_url)
+    seen = put(cluster, RATE_LIMIT, "2")
+    for m in cluster.members:
+        m.kill()
+
+    restore = Path(REPO, "scripts", "restore.sh")
+    etcd_dir = Path(cluster.etcd_bin).parent
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ETCD")},
+           "ETCD": cluster.etcd_bin, "ETCDCTL": cluster.etcdctl_bin, "ETCDUTL": str(etcd_dir / "etcdutl"),
+           "RESTORE_CACERT": tls.ca_cert, "RESTORE_SERVER_CERT": tls.server_cert, "RESTORE_SERVER_KEY": tls.server_key,
+           "RESTORE_ROOT_CERT": tls.clients["root"].cert, "RESTORE_ROOT_KEY": tls.clients["root"].key,
+           "RESTORE_PORT": str(free_port()), "RESTORE_PEER_PORT": str(free_port()),
+           "RESTORE_METRICS_PORT": str(free_port()), "ETCD_SERVICE": "", "RESTORE_OWNER": ""}
+    bumped = tmp_path / "bumped.db"
+    result = subprocess.run(["bash", str(restore), "bump", str(snapshot), str(bumped), "--above", str(seen),
+                             "--margin", "10"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    revision = int(result.stdout)
+    for m in cluster.members:
+        result = subprocess.run(["bash", str(restore), "install", str(bumped), "--node-flags", str(m.work / "node.flags")],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    for m in cluster.members:
+        m.start()
+    for m in cluster.members:
+        m.wait_healthy()
+        assert m.initial_state == "existing"
+        assert m.status()["header"]["revision"] == revision > seen
+    assert cluster.etcdctl("member", "list").count(", started, ") == 3
+    assert cluster.etcdctl("get", RATE_LIMIT, "--print-value-only").strip() == "1"
+    assert "Authentication Status: true" in cluster.etcdctl("auth", "status")
