@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 # The stamp is remade whenever a requirements file changes, so a pull that adds a
 # dependency reinstalls on the next make.
 STAMP  := $(VENV)/.installed-stamp
+# checkov (the Terraform scan in make test), apart from the project's pins.
+SCAN_VENV  := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
 
 .PHONY: run test bench chaos smoke schema reset clean
 
@@ -14,10 +17,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	@touch $(STAMP)
 
+$(SCAN_STAMP): requirements-scan.txt
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-scan.txt
+	@touch $(SCAN_STAMP)
+
 run: $(STAMP)
 	$(PY) -m tools.run_local
 
-test: $(STAMP)
+test: $(STAMP) $(SCAN_STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -39,4 +47,4 @@ reset:
 	$(PYTHON) -m tools.reset_local
 
 clean:
-	rm -rf $(VENV) .local .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SCAN_VENV) .local .pytest_cache .hypothesis

@@ -6,7 +6,9 @@ locals {
     "cloudbuild.googleapis.com",       # builds the function from source
     "cloudfunctions.googleapis.com",
     "compute.googleapis.com",
-    "iap.googleapis.com", # SSH to the etcd VM through IAP
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com", # the etcd VMs act as the backup uploader
+    "iap.googleapis.com",            # SSH to the etcd VM through IAP
     "logging.googleapis.com",
     "run.googleapis.com", # gen2 functions run on Cloud Run
     "secretmanager.googleapis.com",

@@ -98,3 +98,20 @@ resource "google_compute_firewall" "etcd_iap_ssh" {
   source_ranges           = ["35.235.240.0/20"]
   target_service_accounts = [google_service_account.etcd.email]
 }
+
+# Between etcd members only: raft traffic (2380, peer TLS) and the client port (2379),
+# which a starting member asks whether the cluster already exists.
+resource "google_compute_firewall" "etcd_peer" {
+  name      = "${var.name}-etcd-peer"
+  network   = local.network
+  direction = "INGRESS"
+  priority  = 1000
+
+  allow {
+    protocol = "tcp"
+    ports    = ["2379", "2380"]
+  }
+
+  source_service_accounts = [google_service_account.etcd.email]
+  target_service_accounts = [google_service_account.etcd.email]
+}

@@ -9,8 +9,21 @@ output "function_service_account" {
 }
 
 output "etcd_private_ip" {
-  description = "Private address of the etcd VM (no external address exists)."
-  value       = google_compute_address.etcd.address
+  description = "Private address of the (first) etcd VM (no external address exists)."
+  value       = google_compute_address.etcd[0].address
+}
+
+output "etcd_members" {
+  description = "etcd members: name => {zone, private_ip}."
+  value = { for i, vm in google_compute_instance.etcd : vm.name => {
+    zone       = vm.zone
+    private_ip = google_compute_address.etcd[i].address
+  } }
+}
+
+output "etcd_backup_bucket" {
+  description = "GCS bucket holding the scheduled etcd snapshots (README.md, \"Backups and restore\")."
+  value       = google_storage_bucket.etcd_backups.name
 }
 
 output "etcd_endpoints" {
@@ -35,12 +48,12 @@ output "etcd_secret_ids" {
 
 output "ssh_command" {
   description = "SSH to the etcd VM through IAP (needs roles/iap.tunnelResourceAccessor and OS Login; see operator_members)."
-  value       = "gcloud compute ssh ${google_compute_instance.etcd.name} --project=${var.project_id} --zone=${local.zone} --tunnel-through-iap"
+  value       = "gcloud compute ssh ${google_compute_instance.etcd[0].name} --project=${var.project_id} --zone=${google_compute_instance.etcd[0].zone} --tunnel-through-iap"
 }
 
 output "etcdctl_command" {
   description = "Run etcdctl as the operator user on the etcd VM through IAP; replace the trailing command as needed."
-  value       = "gcloud compute ssh ${google_compute_instance.etcd.name} --project=${var.project_id} --zone=${local.zone} --tunnel-through-iap --command='sudo etcdctl-operator get --prefix /config/'"
+  value       = "gcloud compute ssh ${google_compute_instance.etcd[0].name} --project=${var.project_id} --zone=${google_compute_instance.etcd[0].zone} --tunnel-through-iap --command='sudo etcdctl-operator get --prefix /config/'"
 }
 
 output "smoke_command" {

@@ -70,12 +70,11 @@ resource "tls_cert_request" "server" {
     organization = var.name
   }
 
-  ip_addresses = [google_compute_address.etcd.address, "127.0.0.1"]
-  dns_names = [
-    "localhost",
-    var.etcd_instance_name,
-    "${var.etcd_instance_name}.${local.zone}.c.${var.project_id}.internal",
-  ]
+  # One certificate for every member, as server and as peer: its SANs name them all.
+  ip_addresses = concat(local.etcd_member_ips, ["127.0.0.1"])
+  dns_names = concat(["localhost"], local.etcd_member_names, [
+    for i, name in local.etcd_member_names : "${name}.${local.etcd_zones[i]}.c.${var.project_id}.internal"
+  ])
 }
 
 resource "tls_locally_signed_cert" "server" {

@@ -165,7 +165,7 @@ variable "etcd_disk_size_gb" {
 
 variable "etcd_private_ip" {
   type        = string
-  description = "Private address for the etcd VM inside the subnet. Null lets Google pick one (it is reserved either way)."
+  description = "Private address for the (first) etcd VM inside the subnet. Null lets Google pick one (it is reserved either way); other members always get one picked."
   default     = null
 }
 
@@ -177,6 +177,50 @@ variable "etcd_auto_compaction_retention" {
   validation {
     condition     = can(regex("^[0-9]+(h|m|s)$", var.etcd_auto_compaction_retention))
     error_message = "etcd_auto_compaction_retention must look like 24h, 30m or 3600s."
+  }
+}
+
+variable "etcd_cluster_size" {
+  type        = number
+  description = "etcd members: 1 (one VM) or 3 (three VMs in three zones; survives the loss of one). Fixed at creation: changing it means a new cluster restored from a backup."
+  default     = 1
+
+  validation {
+    condition     = contains([1, 3], var.etcd_cluster_size)
+    error_message = "etcd_cluster_size must be 1 or 3."
+  }
+}
+
+variable "etcd_zones" {
+  type        = list(string)
+  description = "Zones of the etcd members, member i in zone i. Empty means `zone` for one member and the region's first three zones for three."
+  default     = []
+
+  validation {
+    condition     = length(var.etcd_zones) == 0 || length(var.etcd_zones) == length(distinct(var.etcd_zones))
+    error_message = "etcd_zones must not repeat a zone."
+  }
+}
+
+variable "etcd_backup_interval" {
+  type        = string
+  description = "When the etcd backup timer fires, as a systemd OnCalendar expression (hourly, daily, *:0/15, ...)."
+  default     = "hourly"
+
+  validation {
+    condition     = can(regex("^[-*:/,. 0-9A-Za-z]+$", var.etcd_backup_interval))
+    error_message = "etcd_backup_interval must be a systemd calendar expression such as hourly or *:0/15."
+  }
+}
+
+variable "etcd_backup_retention_days" {
+  type        = number
+  description = "Days a backup (and a replaced version of one) is kept in the backup bucket before deletion."
+  default     = 30
+
+  validation {
+    condition     = var.etcd_backup_retention_days >= 1 && floor(var.etcd_backup_retention_days) == var.etcd_backup_retention_days
+    error_message = "etcd_backup_retention_days must be a whole number >= 1."
   }
 }
 

@@ -172,14 +172,17 @@ def shellcheck_path() -> Path:
 class FakeGcloud:
     """Writes a `gcloud` into `bin_dir` that appends its argv (JSON, one line per call)
     to `log`, prints a project for `config get-value project`, a token for
-    `auth print-identity-token`, and emulates `compute ssh ... --command='sudo
+    `auth print-identity-token`, emulates `compute ssh ... --command='sudo
     etcdctl-operator get|put|del KEY [VALUE]'` against a one-key-per-file store in
-    `state_dir`."""
+    `state_dir`, and `storage cp FILE... gs://BUCKET/PREFIX/` by copying into
+    `buckets_dir/BUCKET/PREFIX/` (refusing to overwrite, as an object-creator-only
+    identity would be refused)."""
 
     def __init__(self, root: Path, project: str = "fake-project", token: str = "fake-id-token"):
         self.bin_dir = root / "fake-bin"
         self.log = root / "gcloud-calls.jsonl"
         self.state_dir = root / "etcd-state"
+        self.buckets_dir = root / "buckets"
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         script = self.bin_dir / "gcloud"
@@ -213,6 +216,17 @@ class FakeGcloud:
                     elif op == "del":
                         print(1 if key_file.exists() else 0)
                         key_file.unlink(missing_ok=True)
+                elif words[:2] == ["storage", "cp"]:
+                    import shutil
+                    *sources, dest = words[2:]
+                    assert dest.startswith("gs://") and dest.endswith("/"), dest
+                    folder = Path({str(self.buckets_dir)!r}) / dest[len("gs://"):]
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for source in sources:
+                        target = folder / Path(source).name
+                        if target.exists():
+                            sys.exit("AccessDeniedException: 403 overwrite needs storage.objects.delete")
+                        shutil.copyfile(source, target)
                 sys.exit(int(os.environ.get("FAKE_GCLOUD_EXIT", "0")))
                 """
             )
@@ -258,7 +272,17 @@ DEPLOY_SETTINGS = {
 # Values Terraform only knows at apply time (resource attributes, required variables).
 APPLY_TIME_SAMPLES = {
     "project_id": "sample-project",
+    "initial_cluster": "etcd-config=https://10.10.0.2:2380",
+    "cluster_client_urls": "https://10.10.0.2:2379",
+    "backup_bucket": "sample-project-etcd-config-backups",
+    "backup_service_account": "etcd-config-bk@sample-project.iam.gserviceaccount.com",
+}
+
+# One member's own values (local.etcd_member_vars[i]): member 0 of a one-member cluster.
+MEMBER_SAMPLES = {
+    "node_name": "etcd-config",
     "private_ip": "10.10.0.2",
+    "bootstrap_member": "true",
 }
 
 _VAR = re.compile(r"\$\{var\.(\w+)\}")
@@ -300,13 +324,17 @@ def _evaluate(expr, overrides):
         text = (TERRAFORM / m.group(1)).read_text()
         return render_template(text, resolve_template_values(m.group(2), overrides))
     if m := _FILE.fullmatch(expr):
-        return (TERRAFORM / m.group(1)).read_text()
+        return (TERRAFORM / m.group(1)).resolve().read_text()
     raise KeyError(f"cannot evaluate {expr!r}; add it to APPLY_TIME_SAMPLES")
 
 
 def render_startup_script(**overrides) -> str:
+    """The startup script as Terraform renders it for one member: the shared values
+    merged with that member's (MEMBER_SAMPLES, as templatefile(..., merge(...)) does)."""
     text = (TEMPLATES / "etcd-startup.sh.tftpl").read_text()
-    return render_template(text, resolve_template_values("etcd_startup_vars", overrides))
+    values = resolve_template_values("etcd_startup_vars", overrides)
+    values.update({k: overrides.get(k, v) for k, v in MEMBER_SAMPLES.items()})
+    return render_template(text, values)
 
 
 def parse_flag_lines(text: str) -> list[str]:

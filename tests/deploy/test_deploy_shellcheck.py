@@ -12,7 +12,7 @@ import pytest
 from deploy_support import REPO, TEMPLATES, render_startup_script
 
 # Directories that hold no scripts of ours.
-SKIP_DIRS = {".git", ".venv", ".local", ".terraform", "node_modules", "__pycache__",
+SKIP_DIRS = {".git", ".venv", ".venv-scan", ".local", ".terraform", "node_modules", "__pycache__",
              ".pytest_cache", ".hypothesis"}
 
 

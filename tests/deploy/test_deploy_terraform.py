@@ -4,6 +4,8 @@ function's settings, and the etcd VM's templates."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -92,7 +94,8 @@ def test_every_output_is_described():
 def test_outputs_give_url_address_and_iap_commands():
     outputs = TF["output"]
     assert "cloudfunctions2_function.gateway.url" in outputs["function_url"]["value"]
-    assert "google_compute_address.etcd.address" in outputs["etcd_private_ip"]["value"]
+    assert "google_compute_address.etcd[0].address" in outputs["etcd_private_ip"]["value"]
+    assert "google_storage_bucket.etcd_backups.name" in outputs["etcd_backup_bucket"]["value"]
     command = outputs["etcdctl_command"]["value"]
     assert "gcloud compute ssh" in command and "--tunnel-through-iap" in command
     assert "etcdctl" in command
@@ -125,9 +128,12 @@ def test_etcd_vm_has_no_external_address_and_is_shielded():
 def test_etcd_data_lives_on_a_separate_persistent_disk():
     vm = only("google_compute_instance")
     disk = block(vm, "attached_disk")
-    assert disk["source"] == "${google_compute_disk.etcd_data.id}"
+    assert disk["source"] == "${google_compute_disk.etcd_data[count.index].id}"
     assert disk["device_name"] == "${local.etcd_data_device_name}"
-    assert "google_compute_disk" in RESOURCES
+    data = only("google_compute_disk")
+    # One disk per member, in that member's zone.
+    assert vm["count"] == data["count"] == "${var.etcd_cluster_size}"
+    assert vm["zone"] == data["zone"] == "${local.etcd_zones[count.index]}"
 
 
 def firewall_rules():
@@ -146,8 +152,14 @@ def test_no_firewall_rule_is_open_to_the_internet():
 
 def test_etcd_port_admits_only_the_function_egress_range():
     rules = [rule for _, rule in firewall_rules() if "2379" in allowed_ports(rule)]
-    assert len(rules) == 1
-    (rule,) = rules
+    by_range = [rule for rule in rules if rule.get("source_ranges")]
+    assert len(by_range) == 1
+    (rule,) = by_range
+    # The other rule admits the etcd members to each other, and nothing else.
+    for peer in (r for r in rules if r is not rule):
+        assert peer["source_service_accounts"] == ["${google_service_account.etcd.email}"]
+        assert peer["target_service_accounts"] == ["${google_service_account.etcd.email}"]
+        assert "source_ranges" not in peer
     assert rule["source_ranges"] == ["${var.connector_cidr}"]
     connector = only("google_vpc_access_connector")
     assert connector["ip_cidr_range"] == "${var.connector_cidr}"
@@ -220,7 +232,10 @@ def test_function_gets_the_settings_the_code_reads():
             "CONFIG_STALENESS_SECONDS", "LOG_LEVEL"} <= set(env)
     assert env["TRUSTED_PROXY_HOPS"] == "1"
     assert env["CONFIG_SERVICE"] == "api-gateway"
-    assert env["ETCD_ENDPOINTS"] == "https://${google_compute_address.etcd.address}:2379"
+    assert env["ETCD_ENDPOINTS"] == "${local.etcd_client_urls}"
+    client_urls = TF["locals"]["etcd_client_urls"]
+    assert "local.etcd_member_ips" in client_urls and ":2379" in client_urls
+    assert TF["locals"]["etcd_member_ips"] == "${google_compute_address.etcd[*].address}"
     assert "local.function_env" in SERVICE["environment_variables"]
     assert "local.function_optional_env" in SERVICE["environment_variables"]
 
@@ -279,6 +294,8 @@ def test_etcd_release_is_pinned_with_a_checksum():
 def test_template_values_match_the_names_the_template_uses(template, local_name):
     used = template_names((TEMPLATES / template).read_text())
     given = set(TF["locals"][local_name])
+    if local_name == "etcd_startup_vars":  # merged with each member's own values
+        given |= set(re.findall(r"[{,]\s*(\w+)\s*=", TF["locals"]["etcd_member_vars"]))
     assert used == given, f"used but not given: {used - given}; given but unused: {given - used}"
 
 
@@ -298,10 +315,12 @@ def test_startup_script_verifies_checksum_and_runs_etcd_with_tls_and_auth():
     assert 'ETCD_VERSION="' + TF["variable"]["etcd_version"]["default"] + '"' in script
     assert "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/" in script
     assert "--client-cert-auth=true" in script
+    assert "--peer-client-cert-auth=true" in script
     assert "--auto-compaction-mode=periodic" in script
     assert "ExecStart=/usr/local/lib/etcd-run" in script
     assert "/usr/local/lib/etcd-bootstrap" in script
-    assert "--data-dir=$DATA_MOUNT/data" in script and "DATA_MOUNT=/var/lib/etcd" in script
+    assert 'DATA_DIR="$DATA_MOUNT/data"' in script and "DATA_MOUNT=/var/lib/etcd" in script
+    assert "/usr/local/lib/etcd-node-flags >/etc/etcd/node.flags.new" in script
 
 
 def test_startup_script_fetches_only_secrets_terraform_creates_and_grants_the_vm():
@@ -332,3 +351,67 @@ def test_startup_values_resolve():
     assert values["pki_dir"] == "/etc/etcd/pki"
     assert values["bootstrap_script"].startswith("#!/usr/bin/env bash")
     assert "--trusted-ca-file=/etc/etcd/pki/ca.pem" in values["etcd_flags"]
+
+
+# --- the etcd cluster option ---------------------------------------------------------------
+
+
+def test_cluster_size_is_one_or_three():
+    size = TF["variable"]["etcd_cluster_size"]
+    assert size["default"] == 1
+    (validation,) = size["validation"]
+    assert validation["condition"] == "${contains([1, 3], var.etcd_cluster_size)}"
+    for rtype in ("google_compute_instance", "google_compute_disk", "google_compute_address"):
+        assert only(rtype)["count"] == "${var.etcd_cluster_size}", rtype
+
+
+def test_members_spread_over_zones_and_the_single_vm_keeps_its_name_and_state():
+    zones = TF["locals"]["etcd_zones"]
+    assert zones.startswith("${var.etcd_cluster_size == 1 ? [local.zone]")
+    assert "data.google_compute_zones.available" in zones
+    assert "precondition" in str(only("google_compute_instance")["lifecycle"])
+    names = TF["locals"]["etcd_member_names"]
+    assert "[var.etcd_instance_name]" in names and '"${var.etcd_instance_name}-${i}"' in names
+    moved = {(m["from"], m["to"]) for m in TF.get("moved", [])}
+    for resource in ("google_compute_address.etcd", "google_compute_disk.etcd_data",
+                     "google_compute_instance.etcd"):
+        assert (f"${{{resource}}}", f"${{{resource}[0]}}") in moved, resource
+
+
+def test_static_initial_cluster_names_every_member_on_its_peer_tls_url():
+    initial = TF["locals"]["etcd_initial_cluster"]
+    assert "local.etcd_member_names" in initial and 'https://${local.etcd_member_ips[i]}:2380' in initial
+    startup = TF["locals"]["etcd_startup_vars"]
+    assert startup["initial_cluster"] == "${local.etcd_initial_cluster}"
+    # Only member 0 creates the users and roles.
+    assert 'bootstrap_member = i == 0 ? "true" : "false"' in TF["locals"]["etcd_member_vars"]
+
+
+def test_server_certificate_names_every_member():
+    request = RESOURCES["tls_cert_request"]["server"]
+    assert "local.etcd_member_ips" in request["ip_addresses"]
+    assert "local.etcd_member_names" in request["dns_names"]
+    assert "server_auth" in RESOURCES["tls_locally_signed_cert"]["server"]["allowed_uses"]
+    assert "client_auth" in RESOURCES["tls_locally_signed_cert"]["server"]["allowed_uses"]
+
+
+def test_peer_port_is_open_only_between_etcd_members():
+    rules = [rule for _, rule in firewall_rules() if "2380" in allowed_ports(rule)]
+    assert len(rules) == 1
+    (rule,) = rules
+    assert rule["source_service_accounts"] == ["${google_service_account.etcd.email}"]
+    assert rule["target_service_accounts"] == ["${google_service_account.etcd.email}"]
+
+
+def test_operators_reach_every_member():
+    grants = TF["locals"]["etcd_operator_grants"]
+    assert "setproduct(var.operator_members, range(var.etcd_cluster_size))" in grants
+    for rtype in ("google_iap_tunnel_instance_iam_member", "google_compute_instance_iam_member"):
+        assert RESOURCES[rtype]["operators"]["for_each"] == "${local.etcd_operator_grants}"
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform not installed (fmt needs no providers)")
+def test_terraform_is_formatted():
+    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(TEMPLATES.parent)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
