@@ -4,7 +4,6 @@ function's settings, and the etcd VM's templates."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -408,10 +407,3 @@ def test_operators_reach_every_member():
     assert "setproduct(var.operator_members, range(var.etcd_cluster_size))" in grants
     for rtype in ("google_iap_tunnel_instance_iam_member", "google_compute_instance_iam_member"):
         assert RESOURCES[rtype]["operators"]["for_each"] == "${local.etcd_operator_grants}"
-
-
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform not installed (fmt needs no providers)")
-def test_terraform_is_formatted():
-    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(TEMPLATES.parent)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout
