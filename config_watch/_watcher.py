@@ -290,7 +290,7 @@ class ConfigWatcher:
             self._connected_since = now
             self.connected = True
             self.failure = None
-        self._backoff.healthy_for(now - self._connected_since)
+        self._backoff.healthy_for(self.endpoint, now - self._connected_since)
 
     def apply(self, events: Sequence[Event]) -> None:
         """Apply one response's events (on the stream's reader thread): one snapshot."""
@@ -332,14 +332,20 @@ class ConfigWatcher:
                       failure.reason, delay,
                       extra={"json_fields": {**fields, "retry_in_seconds": delay}})
         else:
-            delay = self._backoff.next_delay()
-            fields.update(retry_in_seconds=round(delay, 3), attempt=self._backoff.attempts)
+            # The failed endpoint's count grows; the next one is tried once its own
+            # delay allows (at once if it has not failed lately): see Backoff.
+            now = self._clock()
+            failed = self.endpoint
+            self._backoff.failed(failed, now)
+            if self._source is not None:
+                self.endpoint = self._source.rotate()
+            delay = self._backoff.wait(self.endpoint, now)
+            fields.update(retry_in_seconds=round(delay, 3), attempt=self._backoff.failures(failed),
+                          next_endpoint=self.endpoint)
             if isinstance(err, EtcdError):
                 log.warning("etcd unavailable; retrying", extra={"json_fields": fields})
             else:  # unexpected: keep the stack trace, keep going
                 log.error("watch loop error; retrying", exc_info=err, extra={"json_fields": fields})
-            if self._source is not None:
-                self.endpoint = self._source.rotate()
         self._wake.wait(delay)
 
     # --- request path --------------------------------------------------------------

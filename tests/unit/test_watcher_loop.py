@@ -106,12 +106,13 @@ class FakeStream:
 
 
 class FakeSource:
-    """Scripted list/check results; records every call in order."""
+    """Scripted list/check results; records every call in order. One endpoint unless
+    told (the single-VM deployment); `rotate` cycles through them as EtcdSource does."""
 
-    endpoint = "fake-0:2379"
-
-    def __init__(self, clock: FakeClock | None = None) -> None:
+    def __init__(self, clock: FakeClock | None = None, endpoints: int = 1) -> None:
         self.clock = clock
+        self.endpoints = [f"fake-{i}:2379" for i in range(endpoints)]
+        self._index = 0
         self.list_script: deque = deque()  # (revision, kvs) or an exception, one per list call
         self.default_list: tuple[int, list[KeyValue]] = (1, [])
         self.check_result: object = (1, [])
@@ -119,7 +120,10 @@ class FakeSource:
         self.streams: list[FakeStream] = []
         self.calls: list[tuple] = []
         self._lock = threading.Lock()
-        self._rotations = 0
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._index]
 
     def _record(self, *call) -> None:
         with self._lock:
@@ -153,8 +157,8 @@ class FakeSource:
 
     def rotate(self) -> str:
         self._record("rotate")
-        self._rotations += 1
-        return f"fake-{self._rotations}:2379"
+        self._index = (self._index + 1) % len(self.endpoints)
+        return self.endpoint
 
     def close(self) -> None:
         self._record("close")
@@ -252,7 +256,7 @@ def test_progress_notification_changes_nothing(make_watcher):
 
 
 def test_stream_error_resumes_from_last_applied_revision_on_the_next_endpoint(make_watcher):
-    source = FakeSource()
+    source = FakeSource(endpoints=3)
     source.default_list = (7, [])
     watcher = make_watcher(source)
     first = source.stream(0)
@@ -545,7 +549,7 @@ def test_refused_credentials_are_permanent_retried_slowly_and_reported(make_watc
     assert "ETCD_PASSWORD" in status.reason and "gateway" not in status.reason  # no user name for anyone
     watcher.stop()
     assert source.count("list") == 1  # one try, then the slow pace: no tight loop of refused logins
-    assert source.count("rotate") == 0 and backoff.attempts == 0
+    assert source.count("rotate") == 0 and backoff.failures("fake-0:2379") == 0
     logged = [r for r in caplog.records if r.name == "config_watch._watcher" and r.levelno >= logging.WARNING]
     assert logged and all(r.exc_info is None for r in logged)  # no stack trace for a known error
 
@@ -570,46 +574,88 @@ def test_transient_errors_back_off_and_rotate(make_watcher):
     backoff = Backoff(base=0.001, cap=0.005, rand=random.Random(0))
     watcher = make_watcher(source, backoff=backoff)
     assert watcher.wait_synced(5)
-    assert source.count("rotate") == 2 and backoff.attempts == 2
+    assert source.count("rotate") == 2 and backoff.failures("fake-0:2379") == 2
     assert source.stream(0).start_revision == 4
 
 
-# --- backoff: reset only after a healthy stretch -----------------------------------------
+# --- backoff: per endpoint, reset only after its healthy stretch ------------------------------
 
 
-def test_watch_accepted_then_dropped_backs_off_like_any_failure(make_watcher):
+def retry_waits(caplog) -> list[float]:
+    """The waits the loop logged before each transient retry, in order."""
+    return [r.json_fields["retry_in_seconds"] for r in caplog.records
+            if r.name == "config_watch._watcher" and "retry_in_seconds" in getattr(r, "json_fields", {})]
+
+
+def test_watch_accepted_then_dropped_backs_off_like_any_failure(make_watcher, caplog):
+    """One endpoint (the single-VM deployment): the plain doubling series, as ever."""
     source = FakeSource()
     source.default_list = (7, [])
-    backoff = Backoff(base=0.001, cap=0.005, rand=random.Random(0))
+    backoff = Backoff(base=0.002, cap=1.0, rand=MaxRand())
     make_watcher(source, backoff=backoff)
     for i in range(4):
         stream = watching(source.stream(i))
         stream.push(batch(7))  # the watch-created reply
         stream.push(Unavailable("connection reset by peer"))
     source.stream(4)
-    assert backoff.attempts == 4  # not reset by the replies
+    assert backoff.failures("fake-0:2379") == 4  # not reset by the replies
+    assert retry_waits(caplog) == [0.002, 0.004, 0.008, 0.016]
 
 
-def test_backoff_starts_over_after_a_healthy_stretch(make_watcher):
+def test_a_fault_on_one_member_tries_the_next_at_once(make_watcher, caplog):
+    source = FakeSource(endpoints=3)
+    source.default_list = (7, [])
+    backoff = Backoff(base=100, cap=100, rand=MaxRand())  # a member that failed waits 100 s
+    watcher = make_watcher(source, backoff=backoff)
+    watching(source.stream(0)).push(Unavailable("connection reset by peer"))
+    assert source.stream(1).start_revision == 8  # not after fake-0's 100 s
+    assert watcher.endpoint == "fake-1:2379"
+    watching(source.stream(1)).push(Unavailable("connection reset by peer"))
+    source.stream(2)
+    assert [backoff.failures(e) for e in source.endpoints] == [1, 1, 0]
+    watching(source.stream(2)).push(Unavailable("connection reset by peer"))
+    wait_until(lambda: len(retry_waits(caplog)) == 3, timeout=5)
+    # Back at fake-0, the loop waits out what is left of its delay: no tight loop.
+    assert retry_waits(caplog)[:2] == [0.0, 0.0] and 99 < retry_waits(caplog)[2] <= 100
+    assert len(source.streams) == 3
+
+
+def test_with_every_member_down_each_backs_off_on_its_own_count(make_watcher, caplog):
+    clock = FakeClock()  # stands still, so each wait is the whole delay left
+    source = FakeSource(clock, endpoints=3)
+    source.list_script.extend([Unavailable("connection refused")] * 12 + [(3, [])])
+    backoff = Backoff(base=0.002, cap=1.0, rand=MaxRand())
+    watcher = make_watcher(source, clock=clock, backoff=backoff)
+    assert watcher.wait_synced(5)
+    # Each member is tried at once the first time, then no sooner than its own doubling
+    # delay allows: the cluster as a whole backs off exponentially too.
+    assert retry_waits(caplog) == [0, 0, 0.002, 0.002, 0.002, 0.004, 0.004, 0.004, 0.008, 0.008, 0.008, 0.016]
+    assert [backoff.failures(e) for e in source.endpoints] == [4, 4, 4]
+
+
+def test_an_endpoint_starts_over_after_its_own_healthy_stretch(make_watcher):
     clock = FakeClock()
-    source = FakeSource(clock)
+    source = FakeSource(clock, endpoints=2)
     source.default_list = (7, [])
     backoff = Backoff(base=0.001, cap=0.005, rand=random.Random(0), reset_after=30)
     make_watcher(source, clock=clock, backoff=backoff, ETCD_DEAD_STREAM_SECONDS=100)
-    first = watching(source.stream(0))
-    first.push(batch(7))
-    first.push(Unavailable("connection reset by peer"))
-    second = watching(source.stream(1))
-    second.push(batch(7))
-    wait_until(lambda: second.progress_requests >= 1 and not second._items, timeout=5)
-    assert backoff.attempts == 1
+    a, b = source.endpoints
+    for i in range(2):  # a, then b: each accepts the watch and drops it
+        stream = watching(source.stream(i))
+        stream.push(batch(7))
+        stream.push(Unavailable("connection reset by peer"))
+    third = watching(source.stream(2))  # on a again
+    third.push(batch(7))
+    wait_until(lambda: not third._items, timeout=5)
+    asked = third.progress_requests
     clock.advance(29)
-    second.push(batch(7))
-    wait_until(lambda: not second._items, timeout=5)
-    assert backoff.attempts == 1  # 29 s healthy: not yet
+    third.push(batch(7))
+    wait_until(lambda: third.progress_requests > asked, timeout=5, message="the loop read on")
+    assert backoff.failures(a) == 1  # 29 s healthy: not yet
     clock.advance(2)
-    second.push(batch(7))
-    wait_until(lambda: backoff.attempts == 0, timeout=5, message="reset after 30 s healthy")
+    third.push(batch(7))
+    wait_until(lambda: backoff.failures(a) == 0, timeout=5, message="a starts over after 30 s healthy")
+    assert backoff.failures(b) == 1  # b has not proven itself: it keeps its count
 
 
 # --- recovery: a request's check wakes the loop -----------------------------------------------
