@@ -71,6 +71,15 @@ def classify(err: grpc.RpcError) -> EtcdError:
     return error_for_code(code.value[0] if code else None, _details(err), code.name if code else "")
 
 
+def _write_ops(items: dict[str, str | None]) -> list:
+    """Transaction operations: a put per value, a delete per None."""
+    return [
+        etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode())) if value is None
+        else etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value.encode()))
+        for key, value in items.items()
+    ]
+
+
 class EtcdClient:
     """A connection to the endpoint `cursor` points at.
 
@@ -199,13 +208,7 @@ class EtcdClient:
 
     def put_many(self, items: dict[str, str | None], timeout: float) -> int:
         """Put (or, for None, delete) several keys in one transaction: one revision."""
-        ops = []
-        for key, value in items.items():
-            if value is None:
-                ops.append(etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode())))
-            else:
-                ops.append(etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value.encode())))
-        resp = self._unary("Txn", etcdrpc.KVStub, etcdrpc.TxnRequest(success=ops), timeout)
+        resp = self._unary("Txn", etcdrpc.KVStub, etcdrpc.TxnRequest(success=_write_ops(items)), timeout)
         return resp.header.revision
 
     def get_at(self, key: str, revision: int, timeout: float) -> KeyValue | None:
@@ -424,13 +427,8 @@ def guarded_txn(client: EtcdClient, expect: dict[str, int], ops: dict[str, str |
                         key=key.encode(), mod_revision=revision)
         for key, revision in expect.items()
     ]
-    requests = []
-    for key, value in ops.items():
-        if value is None:
-            requests.append(etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode())))
-        else:
-            requests.append(etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value.encode())))
-    resp = client._unary("Txn", etcdrpc.KVStub, etcdrpc.TxnRequest(compare=compares, success=requests), timeout)
+    resp = client._unary("Txn", etcdrpc.KVStub, etcdrpc.TxnRequest(compare=compares, success=_write_ops(ops)),
+                         timeout)
     return resp.succeeded, resp.header.revision
 
 

@@ -64,16 +64,6 @@ def tls(tmp_path):
     return make_tls_material(tmp_path / "pki", client_names=("root",))
 
 
-@pytest.fixture
-def etcd(tmp_path):
-    server = EtcdServer(data_dir=str(tmp_path / "etcd-data"), log_path=str(tmp_path / "etcd.log"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def fresh_get(url: str) -> requests.Response:
     with requests.Session() as s:
         return s.get(url, headers={"Connection": "close", "X-Api-Key": uuid.uuid4().hex}, timeout=10)
