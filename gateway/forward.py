@@ -1,0 +1,231 @@
+"""Forwarding `/v1/` calls to the data processor: the request as a proxy should pass it,
+the answer as the processor gave it, behind the circuit breaker.
+
+Connections are kept alive in a urllib3 pool per worker process (made on first use,
+anew after a fork: see `_process`). urllib3 is already a run-time dependency of the
+Google client libraries; it checks a pooled connection for a close by the processor
+before reusing it, and maps connect and read deadlines onto the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import urllib.parse
+import uuid
+
+import flask
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as UpstreamTimeout
+
+import config_watch
+from config_watch import BREAKER_FAILURES, BREAKER_HALF_OPEN_SUCCESSES, BREAKER_OPEN_SECONDS, UPSTREAM_TIMEOUT_MS
+
+from .breaker import CircuitBreaker, Refusal, Thresholds
+from .responses import json_response
+from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+# Every path under this prefix is forwarded.
+FORWARDED_PREFIX = "/v1/"
+# The most of the processor's answer a worker holds in memory: job results are small
+# JSON documents; anything near this is a fault, answered 502.
+MAX_ANSWER_BYTES = 16 << 20
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded (plus the
+# pre-standard ones still sent in the wild).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+                        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"})
+# Request headers the gateway sets itself, or that must not reach the processor as
+# sent: the client's Authorization is not the processor's token; Host and
+# Content-Length describe this hop; Expect was answered by the gateway's server.
+_REQUEST_REPLACED = frozenset({"host", "content-length", "authorization", "x-forwarded-for", "x-forwarded-host",
+                               "x-forwarded-proto", "x-request-id", "x-experiments", "expect"})
+# Answer headers the gateway sets itself (its own revision, rate limit, experiments,
+# request id) or its server adds (Date, Server, the length of the body it sends).
+_ANSWER_REPLACED = frozenset({"content-length", "date", "server", "x-config-revision", "ratelimit-limit",
+                              "ratelimit-remaining", "ratelimit-reset", "ratelimit-policy", "x-experiments",
+                              "x-request-id"})
+# The processor's own X-Config-Revision reaches the client under this name, beside the
+# gateway's: both revisions on one answer show the skew between the two services.
+UPSTREAM_REVISION_HEADER = "X-Upstream-Config-Revision"
+
+# An incoming X-Request-Id is kept if it looks like an id (what a load balancer or a
+# client library makes); anything else is replaced by a fresh one, so logs downstream
+# never carry a client's free text.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# Header names and values http.client would refuse to send (token chars; no CR, LF, NUL).
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
+# Characters left as they are in a forwarded request target: printable ASCII but space,
+# '#', and those no request target may hold unescaped; '%' so existing escapes stay.
+_TARGET_SAFE = "/:@!$&'()*+,;=-._~%?[]"
+# Methods whose request carries no body unless the client sends one.
+_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+def thresholds(snapshot) -> Thresholds:
+    return Thresholds(snapshot[BREAKER_FAILURES], snapshot[BREAKER_OPEN_SECONDS],
+                      snapshot[BREAKER_HALF_OPEN_SUCCESSES], snapshot.revision)
+
+
+def request_id(environ: dict) -> str:
+    given = environ.get("HTTP_X_REQUEST_ID", "")
+    return given if given and _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether `path` (decoded) holds a `.` or `..` segment that could step out of /v1/."""
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+def _target(environ: dict, base_path: str) -> str:
+    """The request target to send upstream: the client's path (as sent, if the server
+    kept it) and query, with anything a request line cannot hold percent-encoded."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+    if raw.startswith("/"):
+        path = raw.partition("?")[0]
+    else:
+        path = environ.get("PATH_INFO") or "/"
+    target = base_path + urllib.parse.quote(path.encode("latin-1", "replace"), safe=_TARGET_SAFE)
+    query = environ.get("QUERY_STRING", "")
+    if query:
+        target += "?" + urllib.parse.quote(query.encode("latin-1", "replace"), safe=_TARGET_SAFE)
+    return target
+
+
+def _connection_tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+class Forwarder:
+    """This process's way to the processor: its connection pool and its breaker."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.breaker = CircuitBreaker("processor")
+        upstream = settings.upstream
+        pool_class = urllib3.HTTPSConnectionPool if upstream.scheme == "https" else urllib3.HTTPConnectionPool
+        # block=False: a burst beyond the pool opens extra connections rather than
+        # waiting; they are closed when returned to a full pool.
+        self.pool = pool_class(upstream.host, upstream.port, maxsize=settings.pool_connections, block=False,
+                               retries=False)
+
+    def status(self, snapshot) -> dict:
+        return {"url": str(self.settings.upstream), "breaker": self.breaker.status(thresholds(snapshot)),
+                "pooled_connections": self.pool.num_connections}
+
+    def _headers(self, request: flask.Request, rid: str, experiments: str | None) -> dict[str, str]:
+        environ = request.environ
+        dropped = HOP_BY_HOP | _REQUEST_REPLACED | _connection_tokens(environ.get("HTTP_CONNECTION", ""))
+        headers: dict[str, str] = {}
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower in dropped or not _TOKEN_RE.fullmatch(name) or _BAD_VALUE_RE.search(value):
+                continue
+            headers[name] = value if name not in headers else headers[name] + ", " + value
+        peer = environ.get("REMOTE_ADDR") or "unknown"
+        chain = environ.get("HTTP_X_FORWARDED_FOR", "")
+        # Appended, as every proxy does: the processor trusts the entries its own
+        # trusted hops added and no others (the same rule as gateway.identity).
+        headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain and not _BAD_VALUE_RE.search(chain) else peer
+        headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
+        host = environ.get("HTTP_HOST")
+        if host and not _BAD_VALUE_RE.search(host):
+            headers["X-Forwarded-Host"] = host
+        headers["X-Request-Id"] = rid
+        if experiments:
+            headers["X-Experiments"] = experiments
+        if self.settings.token:
+            headers["Authorization"] = "Bearer " + self.settings.token
+        return headers
+
+    def forward(self, request: flask.Request, snapshot, own_headers: dict[str, str],
+                experiments: str | None) -> flask.Response:
+        """Send `request` upstream and answer with what came back; `own_headers` (the
+        gateway's revision, rate limit, experiments) go on every answer."""
+        environ = request.environ
+        rid = request_id(environ)
+        own_headers["X-Request-Id"] = rid
+        if has_dot_segment(request.path):
+            return json_response({"error": "path must not contain . or .. segments"}, 400, own_headers)
+        limit = self.settings.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            return json_response({"error": f"request body larger than {limit} bytes"}, 413, own_headers)
+        body = request.stream.read(limit + 1)  # a chunked body has no Content-Length
+        if len(body) > limit:
+            return json_response({"error": f"request body larger than {limit} bytes"}, 413, own_headers)
+
+        bounds = thresholds(snapshot)
+        permit = self.breaker.acquire(bounds)
+        if isinstance(permit, Refusal):
+            own_headers["Retry-After"] = str(permit.retry_after)
+            return json_response({"error": "upstream circuit open", "state": permit.state,
+                                  "retry_after": permit.retry_after}, 503, own_headers)
+        method = request.method
+        timeout_ms = snapshot[UPSTREAM_TIMEOUT_MS]
+        detail: dict = {}
+        try:
+            answer, data = self._send(request, body, rid, experiments, timeout_ms)
+        except _TooLarge as exc:
+            status, message, error = 502, "upstream answer too large", exc
+        except NewConnectionError as exc:  # first: urllib3 derives it from its timeout error
+            status, message, error = 502, "upstream connection failed", exc
+        except UpstreamTimeout as exc:
+            status, message, error, detail = 504, "upstream timed out", exc, {"timeout_ms": timeout_ms}
+        except (HTTPError, OSError) as exc:  # reset, closed mid-answer, malformed answer
+            status, message, error = 502, "upstream connection failed", exc
+        except BaseException:
+            self.breaker.record(permit, False, bounds)  # a trial slot is never lost
+            raise
+        else:
+            self.breaker.record(permit, answer.status < 500, bounds)
+            return self._answer(answer, data, own_headers)
+        self.breaker.record(permit, False, bounds)
+        log.warning("%s: %s %s", message, method, self.settings.upstream, extra={"json_fields": {
+            "event": "upstream_failed", "status": status, "request_id": rid, "upstream": str(self.settings.upstream),
+            "error": f"{type(error).__name__}: {error}"[:300], "revision": snapshot.revision, **detail}})
+        return json_response({"error": message, "request_id": rid, **detail}, status, own_headers)
+
+    def _send(self, request: flask.Request, body: bytes, rid: str, experiments: str | None,
+              timeout_ms: int) -> tuple[urllib3.BaseHTTPResponse, bytes]:
+        method = request.method
+        answer = self.pool.urlopen(
+            method, _target(request.environ, self.settings.upstream.base_path),
+            body=body if body or method not in _BODYLESS else None,
+            headers=self._headers(request, rid, experiments), retries=False, redirect=False,
+            assert_same_host=False, timeout=urllib3.Timeout(total=timeout_ms / 1000),
+            preload_content=False, decode_content=False)
+        try:
+            data = answer.read(MAX_ANSWER_BYTES + 1)
+            if len(data) > MAX_ANSWER_BYTES:
+                raise _TooLarge(f"more than {MAX_ANSWER_BYTES} bytes")
+        except BaseException:
+            answer.close()  # unread or broken: the connection must not be reused
+            raise
+        finally:
+            answer.release_conn()
+        return answer, data
+
+    @staticmethod
+    def _answer(answer, data: bytes, own_headers: dict[str, str]) -> flask.Response:
+        headers = answer.headers
+        dropped = HOP_BY_HOP | _ANSWER_REPLACED | _connection_tokens(headers.get("Connection", ""))
+        passed = [(name, value) for name, value in headers.iteritems() if name.lower() not in dropped]
+        upstream_revision = headers.get("X-Config-Revision")
+        if upstream_revision is not None:
+            passed.append((UPSTREAM_REVISION_HEADER, upstream_revision))
+        # The processor says how its answers may be cached; the gateway's no-store is
+        # for the answers it makes itself.
+        passed.extend(item for item in own_headers.items()
+                      if item[0] != "Cache-Control" or "Cache-Control" not in headers)
+        response = flask.Response(data, status=answer.status, headers=passed)
+        if "Content-Type" not in headers:
+            del response.headers["Content-Type"]  # none given: none invented
+        return response
+
+
+class _TooLarge(Exception):
+    pass
