@@ -83,11 +83,12 @@ def has_dot_segment(path: str) -> bool:
 def _target(environ: dict, base_path: str) -> str:
     """The request target to send upstream: the client's path (as sent, if the server
     kept it) and query, with anything a request line cannot hold percent-encoded."""
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
-    if raw.startswith("/"):
-        path = raw.partition("?")[0]
-    else:
-        path = environ.get("PATH_INFO") or "/"
+    path = environ.get("PATH_INFO") or "/"
+    raw = (environ.get("RAW_URI") or environ.get("REQUEST_URI") or "").partition("?")[0]
+    # The path as the client sent it keeps an encoded slash (%2F) encoded; it is used
+    # when it is the one the server decoded (and routed on), else the decoded one is.
+    if raw.startswith("/") and (raw == path or urllib.parse.unquote(raw, "latin-1") == path):
+        path = raw
     target = base_path + urllib.parse.quote(path.encode("latin-1", "replace"), safe=_TARGET_SAFE)
     query = environ.get("QUERY_STRING", "")
     if query:
