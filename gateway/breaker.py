@@ -125,6 +125,12 @@ class CircuitBreaker:
             elif self.state == HALF_OPEN:
                 self._move(OPEN, thresholds, "a trial call failed")
 
+    def release(self, permit: Permit) -> None:
+        """A call made under `permit` ended with no verdict on the upstream."""
+        if permit.trial:
+            with self._lock:
+                self.trials -= 1
+
     def status(self, thresholds: Thresholds) -> dict:
         with self._lock:
             state = self.state

@@ -38,9 +38,11 @@ MAX_ANSWER_BYTES = 16 << 20
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"})
 # Request headers the gateway sets itself, or that must not reach the processor as
-# sent: the client's Authorization is not the processor's token; Host and
-# Content-Length describe this hop; Expect was answered by the gateway's server.
-_REQUEST_REPLACED = frozenset({"host", "content-length", "authorization", "x-forwarded-for", "x-forwarded-host",
+# sent: the client's credentials (Authorization, X-Api-Key) are the gateway's business,
+# not the processor's, which gets its own token; Host and Content-Length describe this
+# hop; Expect was answered by the gateway's server.
+_REQUEST_REPLACED = frozenset({"host", "content-length", "authorization", "x-api-key", "x-forwarded-for",
+                               "x-forwarded-host",
                                "x-forwarded-proto", "x-request-id", "x-experiments", "expect"})
 # Answer headers the gateway sets itself (its own revision, rate limit, experiments,
 # request id) or its server adds (Date, Server, the length of the body it sends).
@@ -58,9 +60,10 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # Header names and values http.client would refuse to send (token chars; no CR, LF, NUL).
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
-# Characters left as they are in a forwarded request target: printable ASCII but space,
-# '#', and those no request target may hold unescaped; '%' so existing escapes stay.
-_TARGET_SAFE = "/:@!$&'()*+,;=-._~%?[]"
+# Characters a decoded path keeps as they are when it is encoded again for the request
+# line (RFC 3986 pchar and '/'); a query string is raw already, so '%', '?' stay too.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "%?"
 # Methods whose request carries no body unless the client sends one.
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
@@ -86,14 +89,30 @@ def _target(environ: dict, base_path: str) -> str:
     path = environ.get("PATH_INFO") or "/"
     raw = (environ.get("RAW_URI") or environ.get("REQUEST_URI") or "").partition("?")[0]
     # The path as the client sent it keeps an encoded slash (%2F) encoded; it is used
-    # when it is the one the server decoded (and routed on), else the decoded one is.
+    # when it is the one the server decoded (and routed on), else the decoded one is
+    # encoded again.
     if raw.startswith("/") and (raw == path or urllib.parse.unquote(raw, "latin-1") == path):
-        path = raw
-    target = base_path + urllib.parse.quote(path.encode("latin-1", "replace"), safe=_TARGET_SAFE)
+        target = base_path + raw
+    else:
+        target = base_path + urllib.parse.quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
     query = environ.get("QUERY_STRING", "")
     if query:
-        target += "?" + urllib.parse.quote(query.encode("latin-1", "replace"), safe=_TARGET_SAFE)
+        target += "?" + urllib.parse.quote(query.encode("latin-1", "replace"), safe=_QUERY_SAFE)
     return target
+
+
+def _sendable(value: str) -> bool:
+    """Whether a header value can go on the wire as it came (a WSGI server hands over
+    latin-1 text; anything else, or a line break, is not a header we received)."""
+    if _BAD_VALUE_RE.search(value):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("latin-1")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _connection_tokens(value: str) -> set[str]:
@@ -123,17 +142,17 @@ class Forwarder:
         headers: dict[str, str] = {}
         for name, value in request.headers.items():
             lower = name.lower()
-            if lower in dropped or not _TOKEN_RE.fullmatch(name) or _BAD_VALUE_RE.search(value):
+            if lower in dropped or not _TOKEN_RE.fullmatch(name) or not _sendable(value):
                 continue
             headers[name] = value if name not in headers else headers[name] + ", " + value
         peer = environ.get("REMOTE_ADDR") or "unknown"
         chain = environ.get("HTTP_X_FORWARDED_FOR", "")
         # Appended, as every proxy does: the processor trusts the entries its own
         # trusted hops added and no others (the same rule as gateway.identity).
-        headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain and not _BAD_VALUE_RE.search(chain) else peer
+        headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain and _sendable(chain) else peer
         headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
         host = environ.get("HTTP_HOST")
-        if host and not _BAD_VALUE_RE.search(host):
+        if host and _sendable(host):
             headers["X-Forwarded-Host"] = host
         headers["X-Request-Id"] = rid
         if experiments:
@@ -179,7 +198,8 @@ class Forwarder:
         except (HTTPError, OSError) as exc:  # reset, closed mid-answer, malformed answer
             status, message, error = 502, "upstream connection failed", exc
         except BaseException:
-            self.breaker.record(permit, False, bounds)  # a trial slot is never lost
+            # Not the upstream's failure (a fault here): no verdict, but the trial slot is freed.
+            self.breaker.release(permit)
             raise
         else:
             self.breaker.record(permit, answer.status < 500, bounds)

@@ -76,7 +76,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+    def __getattr__(self, name: str):
+        # Every method is echoed, whatever its name (a proxy must pass them all).
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
 
 
 def _is_text(body: bytes) -> bool:
