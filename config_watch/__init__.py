@@ -4,6 +4,7 @@ A request calls `snapshot()` once and reads every value from that one object.
 """
 
 from ._errors import AuthError, Compacted, EtcdError, Unavailable
+from ._logging import configure_logging
 from ._runtime import ConfigRuntime, get_runtime, reset_runtime, snapshot, status
 from ._schema import (
     FEATURES,
@@ -26,8 +27,8 @@ __all__ = [
     "AuthError", "Compacted", "ConfigRuntime", "ConfigWatcher", "EtcdClient", "EtcdError",
     "FEATURES", "GLOBAL_PREFIX", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT",
     "RATE_LIMIT_BURST", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
-    "SnapshotStore", "THREADS", "Unavailable", "get_runtime", "reset_runtime", "service_prefix",
-    "snapshot", "status",
+    "SnapshotStore", "THREADS", "Unavailable", "configure_logging", "get_runtime", "reset_runtime",
+    "service_prefix", "snapshot", "status",
 ]
 
 
