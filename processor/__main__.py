@@ -27,7 +27,8 @@ from config_watch import SCHEMA, THREADS
 from .app import Processor, create_app
 from .settings import SERVICE, ProcessorSettings
 
-log = logging.getLogger(__name__)
+# Named for the package: run with -m, this module is "__main__".
+log = logging.getLogger("processor")
 
 # gunicorn threads beyond the most jobs the pool can hold: /_status and refusals.
 _SPARE_REQUEST_THREADS = 16
@@ -66,6 +67,8 @@ class _Server(BaseApplication):
             # The master waits this long for the worker's drain before killing it.
             "graceful_timeout": s.drain_seconds,
             "proc_name": "processor",
+            # The control socket's default path is one per user: two servers would fight over it.
+            "control_socket_disable": True,
             "logger_class": _StructuredGunicornLogger,
             "loglevel": self.config.log_level.lower(),
             "post_worker_init": self._post_worker_init,
@@ -92,8 +95,9 @@ class _Server(BaseApplication):
         signal.signal(signal.SIGTERM, on_term)
 
     def _worker_exit(self, server, worker) -> None:
-        # gunicorn has answered every request it could within the grace period; jobs
-        # still queued belong to requests that timed out, and get the rest of it.
+        # gunicorn has answered every request it could within the grace period, so
+        # the pool is normally empty here; a job left over is logged, not waited for
+        # past the master's deadline.
         if self.processor is not None:
             self.processor.stop(timeout=1.0)
 

@@ -58,7 +58,6 @@ class ResizablePool:
         self._target = threads
         self._revision = 0
         self._workers = 0  # started and not yet gone
-        self._waiting = 0  # workers blocked for a job: a queued job will go to one at once
         self._busy = 0
         self._done = 0
         self._failed = 0
@@ -101,8 +100,9 @@ class ResizablePool:
         with self._lock:
             if self._closed:
                 raise PoolClosed("the pool is draining")
-            # An idle worker takes a job at once: the queue limit counts only jobs that wait.
-            if len(self._queue) >= self.queue_limit + self._waiting:
+            # A free worker takes a job at once: the limit counts only jobs that wait.
+            free = max(0, min(self._workers, self._target) - self._busy)
+            if len(self._queue) >= self.queue_limit + free:
                 raise QueueFull(f"{len(self._queue)} jobs queued, limit {self.queue_limit}")
             self._queue.append(_Job(fn, future, time.monotonic()))
             self._work.notify()
@@ -121,11 +121,7 @@ class ResizablePool:
                         break
                     if self._closed:
                         return self._leave()
-                    self._waiting += 1
-                    try:
-                        self._work.wait()
-                    finally:
-                        self._waiting -= 1
+                    self._work.wait()
             failed = False
             if job.future.set_running_or_notify_cancel():
                 try:

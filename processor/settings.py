@@ -6,7 +6,6 @@ service's. Every one is listed in README.md (The data processor → Settings).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Mapping, NamedTuple
 
@@ -29,19 +28,6 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
     return value
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= maximum):
-        raise SettingsError(f"{name}: must be between 0 and {maximum:g} seconds, got {raw!r}")
-    return value
-
-
 class ProcessorSettings(NamedTuple):
     host: str = "127.0.0.1"
     port: int = 8081
@@ -50,7 +36,7 @@ class ProcessorSettings(NamedTuple):
     # Jobs waiting for a pool thread; one more is refused with 503 rather than queued.
     queue_limit: int = 256
     # How long SIGTERM waits for in-flight and queued jobs before the process exits.
-    drain_seconds: float = 30.0
+    drain_seconds: int = 30
     # The bearer token every job request must carry; None: no authentication (local runs).
     token: str | None = None
 
@@ -77,6 +63,6 @@ class ProcessorSettings(NamedTuple):
             port=_int(env, "PROCESSOR_PORT", 8081, 1, 65535),
             max_body_bytes=_int(env, "PROCESSOR_MAX_BODY_BYTES", 1 << 20, 1, 1 << 30),
             queue_limit=_int(env, "PROCESSOR_QUEUE_LIMIT", 256, 1, 4096),
-            drain_seconds=_seconds(env, "PROCESSOR_DRAIN_SECONDS", 30.0, 3600.0),
+            drain_seconds=_int(env, "PROCESSOR_DRAIN_SECONDS", 30, 0, 3600),
             token=token or None,
         )
