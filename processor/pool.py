@@ -63,6 +63,9 @@ class ResizablePool:
         self._failed = 0
         self._started = 0  # workers ever started; names them
         self._closed = False
+        # Wall-clock time (time.time(), comparable across processes on one machine) when
+        # the live workers last came to equal the size: what "resized" means to a caller.
+        self._settled_at = time.time()
         with self._lock:
             self._spawn()
 
@@ -83,7 +86,13 @@ class ResizablePool:
             self._spawn()
             if threads < before:
                 self._work.notify_all()
+            self._settle()
         return before
+
+    def _settle(self) -> None:
+        # Called with the lock held, after the workers or the size changed.
+        if self._workers == self._target:
+            self._settled_at = time.time()
 
     def _spawn(self) -> None:
         # Called with the lock held.
@@ -141,17 +150,20 @@ class ResizablePool:
     def _leave(self) -> None:
         # Called with the lock held; the worker's thread ends after this.
         self._workers -= 1
+        self._settle()
         self._idle.notify_all()
 
     # --- state and shutdown -------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
         """`threads` is the size the pool follows; `workers` the threads alive now
-        (above `threads` while a shrink waits for busy workers to finish)."""
+        (above `threads` while a shrink waits for busy workers to finish);
+        `settled_at` the wall-clock time the two last became equal."""
         with self._lock:
             return {"threads": self._target, "workers": self._workers, "busy": self._busy,
                     "queued": len(self._queue), "done": self._done, "failed": self._failed,
-                    "queue_limit": self.queue_limit, "revision": self._revision}
+                    "queue_limit": self.queue_limit, "revision": self._revision,
+                    "settled_at": round(self._settled_at, 6)}
 
     @property
     def threads(self) -> int:
