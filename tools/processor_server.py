@@ -23,8 +23,10 @@ class ProcessorServer:
     `wait_synced=False`).
     """
 
-    def __init__(self, env: dict[str, str], log_path: str | None = None, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: str | None = None, port: int | None = None,
+                 cwd: str | None = None) -> None:
         self.port = port or free_port()
+        self.cwd = cwd or str(ROOT)  # the code that runs: `python -m` imports from here
         self.env = {**os.environ, "CONFIG_SERVICE": "data-processor", **env,
                     "PROCESSOR_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
@@ -36,7 +38,7 @@ class ProcessorServer:
 
     def start(self, timeout: float = 30.0, wait_synced: bool = True) -> "ProcessorServer":
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "processor"], cwd=ROOT, env=self.env, stdout=out,
+        self.proc = subprocess.Popen([sys.executable, "-m", "processor"], cwd=self.cwd, env=self.env, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         if out is not subprocess.DEVNULL:
             out.close()
