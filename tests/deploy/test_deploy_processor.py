@@ -187,7 +187,7 @@ def fake_tools(bin_dir: Path, gcs: Path, secrets: Path, calls: Path) -> None:
         import json, os, sys
         from pathlib import Path
         if sys.argv[1:3] == ["-m", "venv"]:
-            if len(sys.argv) == 3:  # `-m venv --help`
+            if sys.argv[3:] == ["--help"]:
                 sys.exit(0)
             venv = Path(sys.argv[3]) / "bin"
             venv.mkdir(parents=True)
@@ -242,7 +242,8 @@ def vm(tmp_path_factory):
         run_env = {**os.environ, "PATH": f"{work / 'bin'}:{os.environ['PATH']}", "APP_ROOT": str(root / "opt"),
                    "CONF_DIR": str(root / "etc"), "UNIT_DIR": str(root), "SERVICE_USER": me,
                    "CONF_OWNER": me, "PYTHON": "python3"}
-        run = subprocess.run(["bash", str(steps)], env=run_env, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(["bash", str(steps)], env=run_env, cwd=work, capture_output=True, text=True,
+                             timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
         yield {"etcd": etcd, "tls": tls, "root": root, "port": port, "run": run, "archive": archive,
                "calls": [json.loads(line) for line in calls.read_text().splitlines()],
