@@ -13,6 +13,8 @@ Four measurements, each beside a baseline measured in the same run:
    handler (bench/bare/main.py), same server settings, alternating rounds, medians.
 4. cold start: process start (Popen) → first response carrying etcd's revision, vs the
    bare handler's Popen → first response; medians.
+5. processor (bench/processor.py): job throughput at threads=1 vs 2, put of threads →
+   pool at the new size, and the skew between gateway and processor applying one txn.
 
 Every server is started the way production runs it (`python -m functions_framework`,
 gunicorn gthread) by tools.function_server.FunctionServer. The propagation servers run
@@ -29,7 +31,7 @@ Settings (flag, or environment variable; defaults meet the issue):
   --workers        BENCH_WORKERS            1     gunicorn WORKERS for throughput and cold start
                                                 (propagation always runs WORKERS=1)
   --threads        BENCH_THREADS            8     gunicorn THREADS (framework default on 2 cores)
-  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold
+  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold,processor
   --output         BENCH_OUTPUT             bench/RESULTS.md
 
 Exit status 0 when every figure was measured (a MISS is a result, not a failure),
@@ -58,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.clients import Poller, WatchRecorder, request_on, try_connect
+from bench.processor import ProcessorBench, report as processor_report
 from config_watch import RATE_LIMIT, RATE_LIMIT_BURST
 from config_watch._etcd import EtcdClient
 from config_watch._schema import SCHEMA
@@ -72,7 +75,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HIGH = SCHEMA.spec_for(RATE_LIMIT).maximum
 # A change not visible this long after its put counts as lost.
 CHANGE_TIMEOUT = 5.0
-PHASES = ("propagation", "load", "throughput", "cold")
+PHASES = ("propagation", "load", "throughput", "cold", "processor")
 
 
 class BenchError(RuntimeError):
@@ -561,6 +564,10 @@ def report(bench: Bench, started: datetime.datetime, wall: float) -> str:
                        f"{c['early']} gateway responses came before etcd's values; port accepting connections "
                        f"(median, Popen → gunicorn bound, i.e. after the module import) gateway {ms(c['listen']['gateway'])} "
                        f"ms, bare {ms(c['listen']['bare'])} ms; both from precompiled bytecode")
+    if res.get("processor"):
+        more_rows, more_details = processor_report(res["processor"], pct, ms, verdict)
+        rows += more_rows
+        details += more_details
 
     out = ["# Benchmark results (`make bench`)", ""]
     out.append("| Measurement | Result | Baseline (same run) | Ratio / diff | Target | |")
@@ -584,6 +591,10 @@ def report(bench: Bench, started: datetime.datetime, wall: float) -> str:
             "- Throughput: the same generator against each server in turn, alternating order, 0.6 s warm-up per round; req/s are the medians over rounds.",
             "- Cold start: Popen → first response, probing with a fresh connection every ~1 ms; one discarded start "
             "of each first.",
+            "- Processor (`python -m processor`, gunicorn, one worker): throughput in alternating rounds at threads=1 "
+            "and 2 on one server; resize = put start (bench, wall clock) → the moment the pool's live workers "
+            "equalled the new size (the pool's own wall-clock stamp, `settled_at` in `/_status`), idle pool; skew = per txn revision, |gateway − processor| time of each "
+            "watcher's \"applied revision\" log line (same clock, ms resolution; no polling load).",
             ""]
     try:
         etcd_version = subprocess.run([etcd_binaries()[0], "--version"], capture_output=True, text=True,
@@ -637,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                     bench.phase_throughput()
                 elif phase == "cold":
                     bench.phase_cold()
+                elif phase == "processor":
+                    bench.results["processor"] = ProcessorBench(bench, seconds=cfg.seconds,
+                                                                rounds=max(3, cfg.rounds // 2)).run()
                 print(f"bench: {phase} done in {time.monotonic() - tp:.1f} s", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started is stopped", file=sys.stderr)
