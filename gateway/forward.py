@@ -133,8 +133,9 @@ class Forwarder:
                                retries=False)
 
     def status(self, snapshot) -> dict:
-        return {"url": str(self.settings.upstream), "breaker": self.breaker.status(thresholds(snapshot)),
-                "pooled_connections": self.pool.num_connections}
+        # `revision`: the snapshot the thresholds shown come from.
+        return {"url": str(self.settings.upstream), "revision": snapshot.revision,
+                "breaker": self.breaker.status(thresholds(snapshot)), "pooled_connections": self.pool.num_connections}
 
     def _headers(self, request: flask.Request, rid: str, experiments: str | None) -> dict[str, str]:
         environ = request.environ

@@ -77,7 +77,9 @@ def main() -> int:
             f"  curl -i http://127.0.0.1:{port}/onboarding\n"
             f"  {etcdctl} put /config/services/api-gateway/features/new-user-onboarding true\n"
             f"  curl -i http://127.0.0.1:{port}/onboarding\n"
-            f"  curl -X POST --data-binary 'some bytes' 'http://127.0.0.1:{processor_port}/v1/jobs?rounds=3'\n"
+            f"  curl -i -X POST --data-binary 'some bytes' 'http://127.0.0.1:{port}/v1/jobs?rounds=3'"
+            f"   # through the gateway\n"
+            f"  {etcdctl} put /config/services/api-gateway/experiments/checkout control:50,treatment:50\n"
             f"  {etcdctl} put /config/services/data-processor/threads 8\n"
             f"  curl -s http://127.0.0.1:{processor_port}/_status\n",
             flush=True,
@@ -93,7 +95,7 @@ def main() -> int:
         server = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "api_gateway", "--port", port],
             cwd=ROOT,
-            env=env,
+            env={"PROCESSOR_URL": f"http://127.0.0.1:{processor_port}", **env},
         )
         # Either service exiting on its own ends the run (and stops the other).
         while server.poll() is None and processor.poll() is None:
