@@ -1,10 +1,8 @@
 """Forwarding `/v1/` calls to the data processor: the request as a proxy should pass it,
 the answer as the processor gave it, behind the circuit breaker.
 
-Connections are kept alive in a urllib3 pool per worker process (made on first use,
-anew after a fork: see `_process`). urllib3 is already a run-time dependency of the
-Google client libraries; it checks a pooled connection for a close by the processor
-before reusing it, and maps connect and read deadlines onto the socket.
+Connections are kept alive in a pool per worker process (`upstream.UpstreamPool`, made
+on first use and anew after a fork: see `_process`).
 """
 
 from __future__ import annotations
@@ -15,23 +13,21 @@ import urllib.parse
 import uuid
 
 import flask
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as UpstreamTimeout
 
-import config_watch
 from config_watch import BREAKER_FAILURES, BREAKER_HALF_OPEN_SUCCESSES, BREAKER_OPEN_SECONDS, UPSTREAM_TIMEOUT_MS
 
 from .breaker import CircuitBreaker, Refusal, Thresholds
 from .responses import json_response
 from .settings import GatewaySettings
+from .upstream import Answer, Unsendable, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
 # Every path under this prefix is forwarded.
 FORWARDED_PREFIX = "/v1/"
-# The most of the processor's answer a worker holds in memory: job results are small
-# JSON documents; anything near this is a fault, answered 502.
-MAX_ANSWER_BYTES = 16 << 20
+# What the client is told for each way a call can fail.
+_FAILURES = {"connect": (502, "upstream connection failed"), "broken": (502, "upstream connection failed"),
+             "too_large": (502, "upstream answer too large"), "timeout": (504, "upstream timed out")}
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded (plus the
 # pre-standard ones still sent in the wild).
@@ -125,17 +121,15 @@ class Forwarder:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.breaker = CircuitBreaker("processor")
-        upstream = settings.upstream
-        pool_class = urllib3.HTTPSConnectionPool if upstream.scheme == "https" else urllib3.HTTPConnectionPool
-        # block=False: a burst beyond the pool opens extra connections rather than
-        # waiting; they are closed when returned to a full pool.
-        self.pool = pool_class(upstream.host, upstream.port, maxsize=settings.pool_connections, block=False,
-                               retries=False)
+        # A burst beyond the pool opens extra connections rather than waiting; they
+        # are closed when given back to a full pool.
+        self.pool = UpstreamPool(settings.upstream, settings.pool_connections)
 
     def status(self, snapshot) -> dict:
         # `revision`: the snapshot the thresholds shown come from.
         return {"url": str(self.settings.upstream), "revision": snapshot.revision,
-                "breaker": self.breaker.status(thresholds(snapshot)), "pooled_connections": self.pool.num_connections}
+                "breaker": self.breaker.status(thresholds(snapshot)), "idle_connections": self.pool.idle,
+                "connections_opened": self.pool.opened}
 
     def _headers(self, request: flask.Request, rid: str, experiments: str | None) -> dict[str, str]:
         environ = request.environ
@@ -187,67 +181,52 @@ class Forwarder:
                                   "retry_after": permit.retry_after}, 503, own_headers)
         method = request.method
         timeout_ms = snapshot[UPSTREAM_TIMEOUT_MS]
-        detail: dict = {}
         try:
-            answer, data = self._send(request, body, rid, experiments, timeout_ms)
-        except _TooLarge as exc:
-            status, message, error = 502, "upstream answer too large", exc
-        except NewConnectionError as exc:  # first: urllib3 derives it from its timeout error
-            status, message, error = 502, "upstream connection failed", exc
-        except UpstreamTimeout as exc:
-            status, message, error, detail = 504, "upstream timed out", exc, {"timeout_ms": timeout_ms}
-        except (HTTPError, OSError) as exc:  # reset, closed mid-answer, malformed answer
-            status, message, error = 502, "upstream connection failed", exc
+            answer = self.pool.request(method, _target(environ, self.settings.upstream.base_path),
+                                       body if body or method not in _BODYLESS else None,
+                                       self._headers(request, rid, experiments), timeout_ms / 1000)
+        except UpstreamError as exc:
+            self.breaker.record(permit, False, bounds)
+            status, message = _FAILURES[exc.kind]
+            detail = {"timeout_ms": timeout_ms} if exc.kind == "timeout" else {}
+            log.warning("%s: %s %s", message, method, self.settings.upstream, extra={"json_fields": {
+                "event": "upstream_failed", "status": status, "request_id": rid,
+                "upstream": str(self.settings.upstream), "error": str(exc)[:300], "revision": snapshot.revision,
+                **detail}})
+            return json_response({"error": message, "request_id": rid, **detail}, status, own_headers)
+        except Unsendable as exc:
+            self.breaker.release(permit)  # the client's request, not the upstream, was at fault
+            return json_response({"error": f"request cannot be forwarded: {exc}"[:200]}, 400, own_headers)
         except BaseException:
             # Not the upstream's failure (a fault here): no verdict, but the trial slot is freed.
             self.breaker.release(permit)
             raise
-        else:
-            self.breaker.record(permit, answer.status < 500, bounds)
-            return self._answer(answer, data, own_headers)
-        self.breaker.record(permit, False, bounds)
-        log.warning("%s: %s %s", message, method, self.settings.upstream, extra={"json_fields": {
-            "event": "upstream_failed", "status": status, "request_id": rid, "upstream": str(self.settings.upstream),
-            "error": f"{type(error).__name__}: {error}"[:300], "revision": snapshot.revision, **detail}})
-        return json_response({"error": message, "request_id": rid, **detail}, status, own_headers)
-
-    def _send(self, request: flask.Request, body: bytes, rid: str, experiments: str | None,
-              timeout_ms: int) -> tuple[urllib3.BaseHTTPResponse, bytes]:
-        method = request.method
-        answer = self.pool.urlopen(
-            method, _target(request.environ, self.settings.upstream.base_path),
-            body=body if body or method not in _BODYLESS else None,
-            headers=self._headers(request, rid, experiments), retries=False, redirect=False,
-            assert_same_host=False, timeout=urllib3.Timeout(total=timeout_ms / 1000),
-            preload_content=False, decode_content=False)
-        try:
-            data = answer.read(MAX_ANSWER_BYTES + 1)
-            if len(data) > MAX_ANSWER_BYTES:
-                raise _TooLarge(f"more than {MAX_ANSWER_BYTES} bytes")
-        except BaseException:
-            answer.close()  # unread or broken: the connection must not be reused
-            raise
-        finally:
-            answer.release_conn()
-        return answer, data
+        self.breaker.record(permit, answer.status < 500, bounds)
+        return self._answer(answer, own_headers)
 
     @staticmethod
-    def _answer(answer, data: bytes, own_headers: dict[str, str]) -> flask.Response:
-        headers = answer.headers
-        dropped = HOP_BY_HOP | _ANSWER_REPLACED | _connection_tokens(headers.get("Connection", ""))
-        passed = [(name, value) for name, value in headers.iteritems() if name.lower() not in dropped]
-        upstream_revision = headers.get("X-Config-Revision")
+    def _answer(answer: Answer, own_headers: dict[str, str]) -> flask.Response:
+        connection = ""
+        upstream_revision = None
+        has_type = has_cache_control = False
+        for name, value in answer.headers:
+            lower = name.lower()
+            if lower == "connection":
+                connection += "," + value
+            elif lower == "x-config-revision":
+                upstream_revision = value
+            elif lower == "content-type":
+                has_type = True
+            elif lower == "cache-control":
+                has_cache_control = True
+        dropped = HOP_BY_HOP | _ANSWER_REPLACED | _connection_tokens(connection)
+        passed = [(name, value) for name, value in answer.headers if name.lower() not in dropped]
         if upstream_revision is not None:
             passed.append((UPSTREAM_REVISION_HEADER, upstream_revision))
         # The processor says how its answers may be cached; the gateway's no-store is
         # for the answers it makes itself.
-        passed.extend(item for item in own_headers.items()
-                      if item[0] != "Cache-Control" or "Cache-Control" not in headers)
-        response = flask.Response(data, status=answer.status, headers=passed)
-        if "Content-Type" not in headers:
+        passed.extend(item for item in own_headers.items() if item[0] != "Cache-Control" or not has_cache_control)
+        response = flask.Response(answer.body, status=answer.status, headers=passed)
+        if not has_type:
             del response.headers["Content-Type"]  # none given: none invented
         return response
-
-
-class _TooLarge(Exception):
-    pass

@@ -241,4 +241,4 @@ def test_connections_to_the_upstream_are_kept_alive(gateway, upstream):
         assert gateway.session.get(gateway.url + "/v1/jobs").status_code == 200
     peers = {seen["peer"] for seen in list(upstream.received)[-20:]}
     assert len(peers) == 1
-    assert gateway.session.get(gateway.url + "/_status").json()["upstream"]["pooled_connections"] == 1
+    assert gateway.session.get(gateway.url + "/_status").json()["upstream"]["connections_opened"] == 1
