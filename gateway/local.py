@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import flask
 
 from .responses import json_response
@@ -15,5 +17,20 @@ def answer(request: flask.Request, snapshot, headers: dict[str, str]) -> flask.R
         if snapshot.feature(ONBOARDING_FEATURE):
             return json_response({"onboarding": "enabled", "revision": snapshot.revision}, 200, headers)
         return json_response({"error": "not found", "revision": snapshot.revision}, 404, headers)
-    body = {"revision": snapshot.revision, "synced": snapshot.synced, "applied": snapshot.to_json()}
-    return json_response(body, 200, headers)
+    return flask.Response(_applied_body(snapshot), status=200, mimetype="application/json",
+                          headers=list(headers.items()))
+
+
+# The last snapshot answered and its JSON: a snapshot never changes, so its answer is
+# serialised once per revision, not once per request (a tuple: read and replaced whole).
+_applied: tuple[object, str] = (None, "")
+
+
+def _applied_body(snapshot) -> str:
+    global _applied
+    held_snapshot, text = _applied
+    if held_snapshot is not snapshot:
+        body = {"revision": snapshot.revision, "synced": snapshot.synced, "applied": snapshot.to_json()}
+        text = json.dumps(body, separators=(",", ":"))
+        _applied = (snapshot, text)
+    return text
