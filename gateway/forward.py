@@ -23,8 +23,6 @@ from .upstream import Answer, Unsendable, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
-# Every path under this prefix is forwarded.
-FORWARDED_PREFIX = "/v1/"
 # What the client is told for each way a call can fail.
 _FAILURES = {"connect": (502, "upstream connection failed"), "broken": (502, "upstream connection failed"),
              "too_large": (502, "upstream answer too large"), "timeout": (504, "upstream timed out")}

@@ -19,20 +19,30 @@ from config_watch import SettingsError
 
 from . import experiments, limits, local, maintenance
 from ._process import PerProcess
-from .forward import FORWARDED_PREFIX, Forwarder
 from .identity import client_identity
 from .responses import json_response, misconfigured
-from .settings import GatewaySettings
 
 # The service whose keys this function reads (CONFIG_SERVICE must name it).
 GATEWAY_SERVICE = "api-gateway"
+# Every path under this prefix is forwarded to the processor.
+FORWARDED_PREFIX = "/v1/"
+
+
+def _make_forwarder():
+    # Imported on first use: gunicorn's master imports this module before it listens,
+    # and the forwarding modules (breaker, pool, settings) add ~5 ms to that.
+    from .forward import Forwarder
+    from .settings import GatewaySettings
+
+    return Forwarder(GatewaySettings.from_env())
+
 
 # This process's pool of connections to the processor and its circuit breaker.
-_forwarder: PerProcess[Forwarder] = PerProcess(lambda: Forwarder(GatewaySettings.from_env()))
+_forwarder: PerProcess = PerProcess(_make_forwarder)
 
 
-def forwarder() -> Forwarder:
-    """This process's forwarder (SettingsError if the upstream settings are malformed)."""
+def forwarder():
+    """This process's `forward.Forwarder` (SettingsError if the upstream settings are malformed)."""
     return _forwarder.get()
 
 
