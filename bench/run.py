@@ -13,10 +13,10 @@ Four measurements, each beside a baseline measured in the same run:
    handler (bench/bare/main.py), same server settings, alternating rounds, medians.
 4. cold start: process start (Popen) → first response carrying etcd's revision, vs the
    bare handler's Popen → first response; medians.
-6. forwarding (bench/forwarding.py): POST /v1/jobs through the gateway vs straight to the
-   processor, alternating on two keep-alive connections, idle and under load.
 5. processor (bench/processor.py): job throughput at threads=1 vs 2, put of threads →
    pool at the new size, and the skew between gateway and processor applying one txn.
+6. forwarding (bench/forwarding.py): POST /v1/jobs through the gateway vs straight to the
+   processor, alternating on two keep-alive connections, idle and under load.
 
 Every server is started the way production runs it (`python -m functions_framework`,
 gunicorn gthread) by tools.function_server.FunctionServer. The propagation servers run
