@@ -63,10 +63,10 @@ def test_shrink_lets_running_jobs_finish(pools):
     pool, gate = pools(4), Gate()
     futures = [pool.submit(gate.job) for _ in range(4)]
     wait_until(lambda: pool.stats()["busy"] == 4)
+    more = [pool.submit(gate.job) for _ in range(3)]  # queued behind them
     pool.resize(1)
     stats = pool.stats()
-    assert (stats["threads"], stats["workers"], stats["busy"]) == (1, 4, 4)  # nobody interrupted
-    more = [pool.submit(gate.job) for _ in range(3)]
+    assert (stats["threads"], stats["workers"], stats["busy"], stats["queued"]) == (1, 4, 4, 3)  # nobody interrupted
     gate.release.set()
     assert [f.result(5) for f in futures] == [4, 4, 4, 4]
     assert [f.result(5) for f in more] == [1, 1, 1]
