@@ -125,7 +125,10 @@ class ProcessorBench:
 
     # --- 1: throughput at threads=1 and =2 ----------------------------------------
 
-    def throughput_round(self, port: int, threads: int) -> float:
+    def throughput_round(self, port: int, threads: int, pids: list[int]) -> tuple[float, float]:
+        """Jobs per second, and the server's CPU use meanwhile (cores: 1.0 = one core busy)."""
+        from bench.run import cpu_seconds
+
         body = os.urandom(JOB_BYTES)
         stop = threading.Event()
         counting = threading.Event()
@@ -151,27 +154,34 @@ class ProcessorBench:
         time.sleep(0.5)  # warm-up: the pool full, connections open
         counting.set()
         t0 = time.perf_counter()
+        cpu0 = cpu_seconds(pids)
         time.sleep(self.seconds)
         n = sum(done)
+        cpu1 = cpu_seconds(pids)
         elapsed = time.perf_counter() - t0
         stop.set()
         for t in workers:
             t.join(60)
         if errors:
             raise RuntimeError(f"processor throughput: {errors[:3]}")
-        return n / elapsed
+        return n / elapsed, (cpu1 - cpu0) / elapsed
 
     def throughput(self, server) -> dict:
         status = Client(server.port)
         rates: dict[int, list[float]] = {1: [], 2: []}
+        util: dict[int, list[float]] = {1: [], 2: []}
+        pids = server.pids()
         for r in range(self.rounds):
             for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
                 self.set_threads(status, threads)
-                rates[threads].append(self.throughput_round(server.port, threads))
+                rate, cores = self.throughput_round(server.port, threads, pids)
+                rates[threads].append(rate)
+                util[threads].append(cores)
         status.close()
         paired = statistics.median(b / a for a, b in zip(rates[1], rates[2]))
         return {"rates": rates, "t1": statistics.median(rates[1]), "t2": statistics.median(rates[2]),
-                "ratio": paired}
+                "ratio": paired, "util": {k: statistics.median(v) for k, v in util.items()},
+                "load": os.getloadavg()[0]}
 
     # --- 2: put → pool at the new size --------------------------------------------
 
@@ -271,7 +281,9 @@ def report(res: dict, pct, ms, verdict) -> tuple[list[tuple], list[str]]:
                  verdict(t["ratio"] > 1.3)))
     details.append("- Processor throughput per round (jobs/s): threads=1 "
                    + ", ".join(f"{x:.1f}" for x in t["rates"][1]) + "; threads=2 "
-                   + ", ".join(f"{x:.1f}" for x in t["rates"][2]))
+                   + ", ".join(f"{x:.1f}" for x in t["rates"][2])
+                   + f"; server CPU use, median over rounds: threads=1 {t['util'][1]:.2f} cores, threads=2 "
+                   f"{t['util'][2]:.2f} cores; load average after the rounds {t['load']:.2f} on {os.cpu_count()} cores")
     r = res["resize"]
     rows.append((f"Processor resize, put → pool at new size (n={len(r['times']) + r['lost']})",
                  f"p50 {ms(pct(r['times'], 50))} ms, p99 **{ms(pct(r['times'], 99))} ms**",
