@@ -55,3 +55,14 @@ def test_readme_settings_table_lists_every_processor_setting():
     assert defaults["PROCESSOR_MAX_BODY_BYTES"] == str(s.max_body_bytes)
     assert defaults["PROCESSOR_QUEUE_LIMIT"] == str(s.queue_limit)
     assert defaults["PROCESSOR_DRAIN_SECONDS"] == str(s.drain_seconds)
+
+
+def test_python_m_processor_refuses_a_bad_setting_with_its_name():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROCESSOR_QUEUE_LIMIT": "lots", "ETCD_ENDPOINTS": "127.0.0.1:1"}
+    result = subprocess.run([sys.executable, "-m", "processor"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "PROCESSOR_QUEUE_LIMIT" in result.stderr
