@@ -101,8 +101,9 @@ class ProcessorBench:
     bench: object
     seconds: float = 3.0
     rounds: int = 5
-    resizes: int = 60
-    changes: int = 120
+    # Enough samples that a p99 is not simply the worst one (nearest rank: 60 → the max).
+    resizes: int = 200
+    changes: int = 200
 
     def start_processor(self, name: str):
         from tools.processor_server import ProcessorServer
@@ -125,7 +126,10 @@ class ProcessorBench:
 
     # --- 1: throughput at threads=1 and =2 ----------------------------------------
 
-    def throughput_round(self, port: int, threads: int) -> float:
+    def throughput_round(self, port: int, threads: int, pids: list[int]) -> tuple[float, float]:
+        """Jobs per second, and the server's CPU use meanwhile (cores: 1.0 = one core busy)."""
+        from bench.run import cpu_seconds
+
         body = os.urandom(JOB_BYTES)
         stop = threading.Event()
         counting = threading.Event()
@@ -151,27 +155,34 @@ class ProcessorBench:
         time.sleep(0.5)  # warm-up: the pool full, connections open
         counting.set()
         t0 = time.perf_counter()
+        cpu0 = cpu_seconds(pids)
         time.sleep(self.seconds)
         n = sum(done)
+        cpu1 = cpu_seconds(pids)
         elapsed = time.perf_counter() - t0
         stop.set()
         for t in workers:
             t.join(60)
         if errors:
             raise RuntimeError(f"processor throughput: {errors[:3]}")
-        return n / elapsed
+        return n / elapsed, (cpu1 - cpu0) / elapsed
 
     def throughput(self, server) -> dict:
         status = Client(server.port)
         rates: dict[int, list[float]] = {1: [], 2: []}
+        util: dict[int, list[float]] = {1: [], 2: []}
+        pids = server.pids()
         for r in range(self.rounds):
             for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
                 self.set_threads(status, threads)
-                rates[threads].append(self.throughput_round(server.port, threads))
+                rate, cores = self.throughput_round(server.port, threads, pids)
+                rates[threads].append(rate)
+                util[threads].append(cores)
         status.close()
         paired = statistics.median(b / a for a, b in zip(rates[1], rates[2]))
         return {"rates": rates, "t1": statistics.median(rates[1]), "t2": statistics.median(rates[2]),
-                "ratio": paired}
+                "ratio": paired, "util": {k: statistics.median(v) for k, v in util.items()},
+                "load": os.getloadavg()[0]}
 
     # --- 2: put → pool at the new size --------------------------------------------
 
@@ -182,7 +193,7 @@ class ProcessorBench:
         status = Client(server.port)
         rng = random.Random(8)
         current = status.request("GET", "/_status")[1]["pool"]["threads"]
-        times, put_rtt, lost = [], [], 0
+        times, put_rtt, lost, settled = [], [], 0, {}
         for _ in range(self.resizes):
             target = rng.choice([n for n in range(1, 9) if n != current])
             time.sleep(rng.uniform(0.01, 0.03))
@@ -194,6 +205,7 @@ class ProcessorBench:
                 pool = status.request("GET", "/_status")[1]["pool"]
                 if pool["revision"] >= revision and pool["threads"] == target and pool["workers"] == target:
                     times.append(max(0.0, pool["settled_at"] - wall))
+                    settled[revision] = (wall, pool["settled_at"])
                     break
                 if time.perf_counter() - t0 > CHANGE_TIMEOUT:
                     lost += 1
@@ -201,7 +213,12 @@ class ProcessorBench:
                 time.sleep(0.005)
             current = target
         status.close()
-        return {"times": times, "put": put_rtt, "lost": lost}
+        # Where the time goes, from the processor's "applied revision" log lines (±1 ms):
+        # put start → the watcher applied it, and applied → the pool at the new size.
+        applied = applied_times(server.log_path)
+        to_applied = [applied[r] - w for r, (w, _) in settled.items() if r in applied]
+        to_settled = [s - applied[r] for r, (_, s) in settled.items() if r in applied]
+        return {"times": times, "put": put_rtt, "lost": lost, "to_applied": to_applied, "to_settled": to_settled}
 
     # --- 3: one txn, two services ---------------------------------------------------
 
@@ -271,7 +288,9 @@ def report(res: dict, pct, ms, verdict) -> tuple[list[tuple], list[str]]:
                  verdict(t["ratio"] > 1.3)))
     details.append("- Processor throughput per round (jobs/s): threads=1 "
                    + ", ".join(f"{x:.1f}" for x in t["rates"][1]) + "; threads=2 "
-                   + ", ".join(f"{x:.1f}" for x in t["rates"][2]))
+                   + ", ".join(f"{x:.1f}" for x in t["rates"][2])
+                   + f"; server CPU use, median over rounds: threads=1 {t['util'][1]:.2f} cores, threads=2 "
+                   f"{t['util'][2]:.2f} cores; load average after the rounds {t['load']:.2f} on {os.cpu_count()} cores")
     r = res["resize"]
     rows.append((f"Processor resize, put → pool at new size (n={len(r['times']) + r['lost']})",
                  f"p50 {ms(pct(r['times'], 50))} ms, p99 **{ms(pct(r['times'], 99))} ms**",
@@ -279,7 +298,10 @@ def report(res: dict, pct, ms, verdict) -> tuple[list[tuple], list[str]]:
                  verdict(pct(r["times"], 99) <= 0.020 and r["lost"] == 0)))
     details.append(f"- Processor resize: p50/p90/p99/max {ms(pct(r['times'], 50))}/{ms(pct(r['times'], 90))}/"
                    f"{ms(pct(r['times'], 99))}/{ms(max(r['times'], default=float('inf')))} ms; "
-                   f"put round trip p50 {ms(pct(r['put'], 50))} ms; {r['lost']} lost")
+                   f"put round trip p50 {ms(pct(r['put'], 50))} ms; {r['lost']} lost; split by the processor's "
+                   f"\"applied revision\" log line (±1 ms): put start → applied p50/p99 {ms(pct(r['to_applied'], 50))}/"
+                   f"{ms(pct(r['to_applied'], 99))} ms, applied → pool at the new size p50/p99 "
+                   f"{ms(pct(r['to_settled'], 50))}/{ms(pct(r['to_settled'], 99))} ms")
     s = res["skew"]
     rows.append((f"Cross-service skew, one txn → gateway and processor apply it (n={s['n']})",
                  f"p50 {ms(pct(s['applied'], 50))} ms, p99 **{ms(pct(s['applied'], 99))} ms** (±1 ms)",

@@ -232,7 +232,9 @@ class SnapshotStore:
         callback may itself read the store or ask for a fresh snapshot. Each gets the
         newest snapshot, in revision order: after a burst of publishes a slow callback
         may skip the ones in between, never go back. The snapshot in force when
-        subscribing is delivered first. A callback's exception is logged and dropped.
+        subscribing is delivered first (to every subscriber: callbacks must take a
+        snapshot they have seen again calmly). A callback's exception is logged and
+        dropped.
         """
         with self._changed:
             self._subscribers.append(callback)

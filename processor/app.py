@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import threading
 import time
 
 import flask
@@ -46,7 +45,6 @@ class Processor:
         self.pool = pool
         self.draining = False
         self._unsubscribe = runtime.watcher.store.subscribe(self._on_snapshot)
-        self._resize_lock = threading.Lock()
 
     @classmethod
     def start(cls, settings: ProcessorSettings, config: config_watch.Settings) -> "Processor":
@@ -64,10 +62,9 @@ class Processor:
         return cls(settings, runtime, pool)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        # Runs on the store's notifier thread, once per published snapshot (newest first).
+        # Runs on the store's one notifier thread, for each newest published snapshot.
         threads = snapshot[THREADS]
-        with self._resize_lock:
-            before = self.pool.resize(threads, snapshot.revision)
+        before = self.pool.resize(threads, snapshot.revision)
         if before != threads:
             log.info("pool resized from %d to %d threads at revision %d", before, threads, snapshot.revision,
                      extra={"json_fields": {"key": THREADS, "revision": snapshot.revision,

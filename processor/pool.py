@@ -57,7 +57,8 @@ class ResizablePool:
         self._queue: collections.deque[_Job] = collections.deque()
         self._target = threads
         self._revision = 0
-        self._workers = 0  # started and not yet gone
+        self._workers = 0  # started (or being started) and not yet gone
+        self._live = 0  # running their loop: what `stats()` reports as workers
         self._busy = 0
         self._done = 0
         self._failed = 0
@@ -67,15 +68,17 @@ class ResizablePool:
         # the live workers last came to equal the size: what "resized" means to a caller.
         self._settled_at = time.time()
         with self._lock:
-            self._spawn()
+            names = self._reserve()
+        self._start(names)
 
     # --- size ---------------------------------------------------------------------
 
     def resize(self, threads: int, revision: int = 0) -> int:
         """Set the number of workers to `threads`; returns the size before.
 
-        Growing starts the new workers before returning. Shrinking wakes idle workers
-        so the surplus leaves at once; busy ones leave after their job.
+        Growing starts the new workers before returning (each is running when its
+        start returns). Shrinking wakes idle workers so the surplus leaves at once;
+        busy ones leave after their job.
         """
         if threads < 1:
             raise ValueError(f"a pool needs at least one thread, not {threads}")
@@ -83,23 +86,39 @@ class ResizablePool:
             before, self._target, self._revision = self._target, threads, revision
             if self._closed:
                 return before
-            self._spawn()
+            names = self._reserve()
             if threads < before:
                 self._work.notify_all()
             self._settle()
+        self._start(names)
         return before
 
     def _settle(self) -> None:
         # Called with the lock held, after the workers or the size changed.
-        if self._workers == self._target:
+        if self._live == self._workers == self._target:
             self._settled_at = time.time()
 
-    def _spawn(self) -> None:
-        # Called with the lock held.
+    def _reserve(self) -> list[str]:
+        # Called with the lock held: count the workers to start, name them.
+        names = []
         while self._workers < self._target:
             self._workers += 1
             self._started += 1
-            threading.Thread(target=self._worker, name=f"{self._name}-{self._started}", daemon=True).start()
+            names.append(f"{self._name}-{self._started}")
+        return names
+
+    def _start(self, names: list[str]) -> None:
+        # Outside the lock: a new worker takes it at once, and must not wait for the
+        # starter to finish starting the others.
+        for i, name in enumerate(names):
+            try:
+                threading.Thread(target=self._worker, name=name, daemon=True).start()
+            except RuntimeError:  # "can't start new thread": run with the workers there are
+                with self._lock:
+                    self._workers -= len(names) - i
+                log.exception("could not start pool workers; running with fewer",
+                              extra={"json_fields": {"missing": len(names) - i, "threads": self._target}})
+                return
 
     # --- jobs ---------------------------------------------------------------------
 
@@ -118,6 +137,9 @@ class ResizablePool:
         return future
 
     def _worker(self) -> None:
+        with self._lock:
+            self._live += 1
+            self._settle()
         while True:
             with self._lock:
                 while True:
@@ -150,6 +172,7 @@ class ResizablePool:
     def _leave(self) -> None:
         # Called with the lock held; the worker's thread ends after this.
         self._workers -= 1
+        self._live -= 1
         self._settle()
         self._idle.notify_all()
 
@@ -160,7 +183,7 @@ class ResizablePool:
         (above `threads` while a shrink waits for busy workers to finish);
         `settled_at` the wall-clock time the two last became equal."""
         with self._lock:
-            return {"threads": self._target, "workers": self._workers, "busy": self._busy,
+            return {"threads": self._target, "workers": self._live, "busy": self._busy,
                     "queued": len(self._queue), "done": self._done, "failed": self._failed,
                     "queue_limit": self.queue_limit, "revision": self._revision,
                     "settled_at": round(self._settled_at, 6)}
@@ -182,7 +205,7 @@ class ResizablePool:
         with self._lock:
             self._closed = True
             self._work.notify_all()
-            return self._idle.wait_for(lambda: self._workers == 0, timeout)
+            return self._idle.wait_for(lambda: self._workers == 0 and self._live == 0, timeout)
 
     @property
     def closed(self) -> bool:

@@ -59,6 +59,11 @@ class ProcessorServer:
         with urllib.request.urlopen(self.url + "/_status", timeout=timeout) as r:
             return json.loads(r.read())
 
+    def pids(self) -> list[int]:
+        """The gunicorn master and its worker."""
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
     def terminate(self) -> None:
         """SIGTERM to the gunicorn master (as systemd or Ctrl-C would send)."""
         self.proc.send_signal(signal.SIGTERM)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -84,6 +86,11 @@ def test_a_job_answers_its_result_size_and_revision(etcd, start_processor):
     import hashlib
     first = hashlib.sha256(b"abc").digest()
     assert body["result"]["sha256"] == hashlib.sha256(first + b"abc").hexdigest()
+    # Logs as the gateway's: one JSON object per line, gunicorn's own lines included.
+    lines = Path(server.log_path).read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert {"time", "severity", "logger", "message"} <= set(entries[0])
+    assert {"gunicorn.error", "processor.app", "config_watch._watcher"} <= {e["logger"] for e in entries}
 
 
 def test_resize_under_load_loses_no_job(etcd, start_processor):

@@ -53,7 +53,8 @@ def test_grow_starts_workers_at_once(pools):
     wait_until(lambda: pool.stats()["busy"] == 1, message="first job running")
     assert pool.resize(3, revision=7) == 1
     stats = pool.stats()
-    assert (stats["threads"], stats["workers"], stats["revision"]) == (3, 3, 7)
+    assert (stats["threads"], stats["revision"]) == (3, 7)
+    wait_until(lambda: pool.stats()["workers"] == 3, message="new workers running")
     wait_until(lambda: pool.stats()["busy"] == 3, message="three jobs running after the grow")
     gate.release.set()
     assert [f.result(5) for f in futures] == [1, 3, 3]
@@ -63,10 +64,10 @@ def test_shrink_lets_running_jobs_finish(pools):
     pool, gate = pools(4), Gate()
     futures = [pool.submit(gate.job) for _ in range(4)]
     wait_until(lambda: pool.stats()["busy"] == 4)
+    more = [pool.submit(gate.job) for _ in range(3)]  # queued behind them
     pool.resize(1)
     stats = pool.stats()
-    assert (stats["threads"], stats["workers"], stats["busy"]) == (1, 4, 4)  # nobody interrupted
-    more = [pool.submit(gate.job) for _ in range(3)]
+    assert (stats["threads"], stats["workers"], stats["busy"], stats["queued"]) == (1, 4, 4, 3)  # nobody interrupted
     gate.release.set()
     assert [f.result(5) for f in futures] == [4, 4, 4, 4]
     assert [f.result(5) for f in more] == [1, 1, 1]
