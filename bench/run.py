@@ -13,6 +13,10 @@ Four measurements, each beside a baseline measured in the same run:
    handler (bench/bare/main.py), same server settings, alternating rounds, medians.
 4. cold start: process start (Popen) → first response carrying etcd's revision, vs the
    bare handler's Popen → first response; medians.
+5. processor (bench/processor.py): job throughput at threads=1 vs 2, put of threads →
+   pool at the new size, and the skew between gateway and processor applying one txn.
+6. forwarding (bench/forwarding.py): POST /v1/jobs through the gateway vs straight to the
+   processor, alternating on two keep-alive connections, idle and under load.
 
 Every server is started the way production runs it (`python -m functions_framework`,
 gunicorn gthread) by tools.function_server.FunctionServer. The propagation servers run
@@ -29,7 +33,8 @@ Settings (flag, or environment variable; defaults meet the issue):
   --workers        BENCH_WORKERS            1     gunicorn WORKERS for throughput and cold start
                                                 (propagation always runs WORKERS=1)
   --threads        BENCH_THREADS            8     gunicorn THREADS (framework default on 2 cores)
-  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold
+  --forward-requests BENCH_FORWARD_REQUESTS 1000  jobs sent each way (gateway, processor) per forwarding sample
+  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold,processor,forwarding
   --output         BENCH_OUTPUT             bench/RESULTS.md
 
 Exit status 0 when every figure was measured (a MISS is a result, not a failure),
@@ -58,6 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.clients import Poller, WatchRecorder, request_on, try_connect
+from bench.forwarding import ForwardingBench, report as forwarding_report
+from bench.processor import ProcessorBench, report as processor_report
 from config_watch import RATE_LIMIT, RATE_LIMIT_BURST
 from config_watch._etcd import EtcdClient
 from config_watch._schema import SCHEMA
@@ -72,7 +79,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HIGH = SCHEMA.spec_for(RATE_LIMIT).maximum
 # A change not visible this long after its put counts as lost.
 CHANGE_TIMEOUT = 5.0
-PHASES = ("propagation", "load", "throughput", "cold")
+PHASES = ("propagation", "load", "throughput", "cold", "processor", "forwarding")
 
 
 class BenchError(RuntimeError):
@@ -147,6 +154,7 @@ class Config:
     threads: int = 8
     only: tuple[str, ...] = PHASES
     output: str = str(ROOT / "bench" / "RESULTS.md")
+    forward_requests: int = 1000
 
 
 def parse_args(argv: list[str] | None) -> Config:
@@ -164,16 +172,19 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--threads", type=int, default=int(env.get("BENCH_THREADS", d.threads)))
     p.add_argument("--only", default=env.get("BENCH_ONLY", ",".join(PHASES)))
     p.add_argument("--output", default=env.get("BENCH_OUTPUT", d.output))
+    p.add_argument("--forward-requests", type=int,
+                   default=int(env.get("BENCH_FORWARD_REQUESTS", d.forward_requests)))
     a = p.parse_args(argv)
     only = tuple(x.strip() for x in a.only.split(",") if x.strip())
     unknown = set(only) - set(PHASES)
     if unknown:
         p.error(f"--only: unknown phase(s) {sorted(unknown)}; choose from {','.join(PHASES)}")
-    for name in ("changes", "load_changes", "rounds", "cold_starts", "load_procs", "load_conns", "workers", "threads"):
+    for name in ("changes", "load_changes", "rounds", "cold_starts", "load_procs", "load_conns", "workers", "threads",
+                 "forward_requests"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return Config(a.changes, a.load_changes, a.seconds, a.rounds, a.cold_starts, a.load_procs, a.load_conns,
-                  a.workers, a.threads, only, a.output)
+                  a.workers, a.threads, only, a.output, a.forward_requests)
 
 
 # --- processes ------------------------------------------------------------------------
@@ -182,9 +193,9 @@ class LoadGen:
     """`--load-procs` bench.loadgen processes against one port (closed loop, keep-alive)."""
 
     def __init__(self, port: int, procs: int, conns: int, duration: float | None = None,
-                 start_at: float | None = None) -> None:
+                 start_at: float | None = None, path: str = "/") -> None:
         self.procs: list[subprocess.Popen] = []
-        cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--conns", str(conns),
+        cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--conns", str(conns), "--path", path,
                "--start-at", repr(start_at if start_at is not None else time.time() + 0.5)]
         if duration is not None:
             cmd += ["--duration", repr(duration)]
@@ -284,8 +295,9 @@ class Bench:
         rev, _ = self.client.list_range(b"\0", b"", 5)  # one (absent) key: just the header
         return rev
 
-    def loadgen(self, port: int, duration: float | None = None, start_at: float | None = None) -> LoadGen:
-        gen = LoadGen(port, self.cfg.load_procs, self.cfg.load_conns, duration, start_at)
+    def loadgen(self, port: int, duration: float | None = None, start_at: float | None = None,
+                path: str = "/") -> LoadGen:
+        gen = LoadGen(port, self.cfg.load_procs, self.cfg.load_conns, duration, start_at, path)
         self.stack.callback(gen.kill)
         return gen
 
@@ -561,6 +573,14 @@ def report(bench: Bench, started: datetime.datetime, wall: float) -> str:
                        f"{c['early']} gateway responses came before etcd's values; port accepting connections "
                        f"(median, Popen → gunicorn bound, i.e. after the module import) gateway {ms(c['listen']['gateway'])} "
                        f"ms, bare {ms(c['listen']['bare'])} ms; both from precompiled bytecode")
+    if res.get("forwarding"):
+        more_rows, more_details = forwarding_report(res["forwarding"], pct, ms, verdict)
+        rows += more_rows
+        details += more_details
+    if res.get("processor"):
+        more_rows, more_details = processor_report(res["processor"], pct, ms, verdict)
+        rows += more_rows
+        details += more_details
 
     out = ["# Benchmark results (`make bench`)", ""]
     out.append("| Measurement | Result | Baseline (same run) | Ratio / diff | Target | |")
@@ -584,6 +604,10 @@ def report(bench: Bench, started: datetime.datetime, wall: float) -> str:
             "- Throughput: the same generator against each server in turn, alternating order, 0.6 s warm-up per round; req/s are the medians over rounds.",
             "- Cold start: Popen → first response, probing with a fresh connection every ~1 ms; one discarded start "
             "of each first.",
+            "- Processor (`python -m processor`, gunicorn, one worker): throughput in alternating rounds at threads=1 "
+            "and 2 on one server; resize = put start (bench, wall clock) → the moment the pool's live workers "
+            "equalled the new size (the pool's own wall-clock stamp, `settled_at` in `/_status`), idle pool; skew = per txn revision, |gateway − processor| time of each "
+            "watcher's \"applied revision\" log line (same clock, ms resolution; no polling load).",
             ""]
     try:
         etcd_version = subprocess.run([etcd_binaries()[0], "--version"], capture_output=True, text=True,
@@ -637,6 +661,11 @@ def main(argv: list[str] | None = None) -> int:
                     bench.phase_throughput()
                 elif phase == "cold":
                     bench.phase_cold()
+                elif phase == "processor":
+                    bench.results["processor"] = ProcessorBench(bench, seconds=cfg.seconds,
+                                                                rounds=max(3, cfg.rounds // 2)).run()
+                elif phase == "forwarding":
+                    bench.results["forwarding"] = ForwardingBench(bench, cfg.forward_requests).run()
                 print(f"bench: {phase} done in {time.monotonic() - tp:.1f} s", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started is stopped", file=sys.stderr)

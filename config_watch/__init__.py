@@ -4,6 +4,7 @@ A request calls `snapshot()` once and reads every value from that one object.
 """
 
 from ._errors import AuthError, Compacted, ConfigUnavailable, EtcdError, Unavailable
+from ._logging import configure_logging
 from ._runtime import ConfigRuntime, get_runtime, reset_runtime, snapshot, status
 from ._schema import (
     BREAKER_FAILURES,
@@ -39,8 +40,8 @@ __all__ = [
     "GLOBAL_PREFIX", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT", "RATE_LIMITS", "RATE_LIMIT_BURST",
     "RATE_LIMIT_SCOPE", "RateRule", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
     "SnapshotStore", "Status", "THREADS", "UPSTREAM_TIMEOUT_MS", "Unavailable", "Variant", "assign", "assignments",
-    "experiments_header", "get_runtime", "reset_runtime", "service_prefix", "snapshot", "status",
-    "variant_for",
+    "configure_logging", "experiments_header", "get_runtime", "reset_runtime", "service_prefix", "snapshot",
+    "status", "variant_for",
 ]
 
 

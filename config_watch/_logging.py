@@ -14,7 +14,7 @@ import threading
 import time
 
 # The loggers of this project; configured once, on first use (not at import).
-_PACKAGES = ("config_watch", "gateway", "main")
+_PACKAGES = ("config_watch", "gateway", "main", "processor")
 _configured = False
 _lock = threading.Lock()
 

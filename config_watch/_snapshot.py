@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from ._model import Event, KeyValue
 from ._schema import FEATURES, SCHEMA, InvalidValue, Schema, Value
@@ -217,6 +217,57 @@ class SnapshotStore:
     def __init__(self, initial: Snapshot) -> None:
         self.current = initial
         self._changed = threading.Condition()
+        # Callbacks told of each published snapshot, and the thread that calls them
+        # (started by the first subscribe, so a store that nobody subscribes to, or one
+        # made before a fork, has none).
+        self._subscribers: list[Callable[[Snapshot], None]] = []
+        self._notifier: threading.Thread | None = None
+        self._delivered: Snapshot | None = None
+
+    def subscribe(self, callback: Callable[[Snapshot], None]) -> Callable[[], None]:
+        """Call `callback(snapshot)` after each publish; returns a function that unsubscribes.
+
+        Callbacks run on one notifier thread of their own, never on the watcher's thread
+        and under no lock, so a slow or failing callback cannot hold up the watch, and a
+        callback may itself read the store or ask for a fresh snapshot. Each gets the
+        newest snapshot, in revision order: after a burst of publishes a slow callback
+        may skip the ones in between, never go back. The snapshot in force when
+        subscribing is delivered first (to every subscriber: callbacks must take a
+        snapshot they have seen again calmly). A callback's exception is logged and
+        dropped.
+        """
+        with self._changed:
+            self._subscribers.append(callback)
+            self._delivered = None  # the newcomer hears of the snapshot in force
+            if self._notifier is None or not self._notifier.is_alive():
+                self._notifier = threading.Thread(target=self._notify_loop, name="config-notify", daemon=True)
+                self._notifier.start()
+            self._changed.notify_all()
+
+        def unsubscribe() -> None:
+            with self._changed:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+                self._changed.notify_all()
+
+        return unsubscribe
+
+    def _notify_loop(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._subscribers or self.current is not self._delivered)
+                if not self._subscribers:
+                    self._notifier = None
+                    return
+                snapshot = self._delivered = self.current
+                callbacks = list(self._subscribers)
+            for callback in callbacks:
+                try:
+                    callback(snapshot)
+                except Exception:
+                    log.exception("snapshot subscriber failed; the watch goes on",
+                                  extra={"json_fields": {"revision": snapshot.revision,
+                                                         "subscriber": getattr(callback, "__qualname__", repr(callback))}})
 
     def publish(self, snapshot: Snapshot, restore: bool = False) -> bool:
         """Swap `snapshot` in unless it is older than the one in force.

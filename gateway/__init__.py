@@ -1,6 +1,11 @@
-"""The API gateway's request policy: client identity and per-client rate limits."""
+"""The API gateway's request policies and the order they run in (`pipeline.handle`).
+
+maintenance, limits (rate limit), experiments, forward (with breaker) and local answers
+are one module each; identity says who a request is; settings are the deployment's.
+"""
 
 from .identity import client_identity
+from .pipeline import handle
 from .ratelimit import Decision, RateLimiter
 
-__all__ = ["Decision", "RateLimiter", "client_identity"]
+__all__ = ["Decision", "RateLimiter", "client_identity", "handle"]

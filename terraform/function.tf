@@ -10,6 +10,8 @@ locals {
     ["main.py", "requirements.txt"],
     [for f in fileset(local.source_dir, "config_watch/**") : f if !strcontains(f, "__pycache__")],
     [for f in fileset(local.source_dir, "gateway/**") : f if !strcontains(f, "__pycache__")],
+    # The processor VM (processor.tf) runs from this same archive.
+    [for f in fileset(local.source_dir, "processor/**") : f if !strcontains(f, "__pycache__")],
   ))
 
   # Secret Manager secrets mounted as files: Cloud Run gives every secret volume a
@@ -23,6 +25,7 @@ locals {
     TRUSTED_PROXY_HOPS = "1" # Google's front end is the one proxy in front of the function
     CONFIG_SERVICE     = "api-gateway"
     LOG_LEVEL          = var.log_level
+    PROCESSOR_URL      = local.processor_url
   }
 
   # Set only when given; otherwise the function's own defaults apply.
@@ -148,6 +151,14 @@ resource "google_cloudfunctions2_function" "gateway" {
       version    = "latest"
     }
 
+    # The bearer token the processor requires (processor.tf).
+    secret_environment_variables {
+      key        = "PROCESSOR_TOKEN"
+      project_id = data.google_project.this.number
+      secret     = google_secret_manager_secret.processor_token.secret_id
+      version    = "latest"
+    }
+
     secret_volumes {
       mount_path = "/etc/secrets/etcd-ca"
       project_id = data.google_project.this.number
@@ -196,6 +207,7 @@ resource "google_cloudfunctions2_function" "gateway" {
     google_project_service.required,
     google_secret_manager_secret_version.etcd,
     google_secret_manager_secret_iam_member.function,
+    google_secret_manager_secret_iam_member.processor_token,
   ]
 }
 

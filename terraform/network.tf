@@ -66,7 +66,7 @@ resource "google_compute_router_nat" "config" {
   }
 }
 
-# etcd's client port: only from the connector's range, only to the etcd VM's identity.
+# etcd's client port: only from the connector's range (and the processor), only to the etcd VM's identity.
 resource "google_compute_firewall" "etcd_client" {
   name      = "${var.name}-etcd-client"
   network   = local.network
@@ -78,7 +78,9 @@ resource "google_compute_firewall" "etcd_client" {
     ports    = ["2379"]
   }
 
+  # The function's range, or the processor VM (processor.tf) from its own address.
   source_ranges           = [var.connector_cidr]
+  source_service_accounts = [google_service_account.processor.email]
   target_service_accounts = [google_service_account.etcd.email]
 }
 

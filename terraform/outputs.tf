@@ -60,3 +60,13 @@ output "smoke_command" {
   description = "Smoke test of the deployed function."
   value       = "scripts/smoke.sh ${google_cloudfunctions2_function.gateway.url}"
 }
+
+output "processor_url" {
+  description = "Private URL of the data processor (PROCESSOR_URL of the function); reachable only from the function's egress range."
+  value       = local.processor_url
+}
+
+output "processor_ssh_command" {
+  description = "SSH to the processor VM through IAP, e.g. to read `journalctl -u processor`."
+  value       = "gcloud compute ssh ${google_compute_instance.processor.name} --project=${var.project_id} --zone=${local.zone} --tunnel-through-iap"
+}

@@ -10,9 +10,10 @@ locals {
 
   # etcd user -> certificate Common Name; etcd maps a certificate's CN to that user.
   etcd_clients = {
-    root     = "root"
-    gateway  = var.etcd_gateway_user
-    operator = var.etcd_operator_user
+    root      = "root"
+    gateway   = var.etcd_gateway_user
+    operator  = var.etcd_operator_user
+    processor = local.processor_etcd_user
   }
 
   # Secret suffix -> value. The secret id is "<secret_prefix>-<suffix>".
@@ -25,6 +26,7 @@ locals {
       "gateway-password"  = random_password.etcd["gateway"].result
       "operator-password" = random_password.etcd["operator"].result
     },
+    { "processor-password" = random_password.etcd["processor"].result },
     { for client, _ in local.etcd_clients : "${client}-cert" => tls_locally_signed_cert.client[client].cert_pem },
     { for client, _ in local.etcd_clients : "${client}-key" => tls_private_key.client[client].private_key_pem },
   )
@@ -35,8 +37,10 @@ locals {
     "root-cert", "root-key", "root-password",
     "gateway-password",
     "operator-cert", "operator-key", "operator-password",
+    "processor-password",
   ]
-  function_secrets = ["ca-cert", "gateway-cert", "gateway-key", "gateway-password"]
+  function_secrets  = ["ca-cert", "gateway-cert", "gateway-key", "gateway-password"]
+  processor_secrets = ["ca-cert", "processor-cert", "processor-key", "processor-password"]
 }
 
 resource "tls_private_key" "ca" {
@@ -101,10 +105,10 @@ resource "tls_cert_request" "client" {
   private_key_pem = tls_private_key.client[each.key].private_key_pem
 
   subject {
-    # The function's certificate names no user: it logs in with its password, and
-    # etcd's JSON gateway (its cold-start list) refuses certificates with a CN once
-    # auth is on.
-    common_name  = each.key == "gateway" ? null : each.value
+    # The function's (and the processor's) certificate names no user: it logs in with
+    # its password, and etcd's JSON gateway (its cold-start list) refuses certificates
+    # with a CN once auth is on.
+    common_name  = contains(["gateway", "processor"], each.key) ? null : each.value
     organization = var.name
   }
 }

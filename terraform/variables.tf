@@ -393,3 +393,51 @@ variable "config_staleness_seconds" {
   description = "CONFIG_STALENESS_SECONDS: snapshot age after which a request checks etcd's revision first. Null keeps the function's default."
   default     = null
 }
+
+# --- the data processor (processor.tf) ---------------------------------------------------
+
+variable "processor_instance_name" {
+  type        = string
+  description = "Name of the data processor VM (also prefixes its service account, address and token secret)."
+  default     = "data-processor"
+}
+
+variable "processor_machine_type" {
+  type        = string
+  description = "Machine type of the processor VM. Its pool's threads run on these cores: 2 vCPUs or more."
+  default     = "e2-standard-2"
+}
+
+variable "processor_image" {
+  type        = string
+  description = "Boot image of the processor VM (needs systemd, Python 3.11+, and the gcloud CLI, as Google's Debian 12 image has)."
+  default     = "debian-cloud/debian-12"
+}
+
+variable "processor_private_ip" {
+  type        = string
+  description = "Fixed private address of the processor VM; null picks a free one in the subnet."
+  default     = null
+}
+
+variable "processor_port" {
+  type        = number
+  description = "PROCESSOR_PORT: the processor's HTTP port, the only one the function's egress range may reach."
+  default     = 8081
+
+  validation {
+    condition     = var.processor_port >= 1024 && var.processor_port <= 65535 && floor(var.processor_port) == var.processor_port
+    error_message = "processor_port must be an integer from 1024 to 65535 (the service runs unprivileged)."
+  }
+}
+
+variable "processor_drain_seconds" {
+  type        = number
+  description = "PROCESSOR_DRAIN_SECONDS: how long a stop waits for accepted jobs; systemd waits 15 s more before killing."
+  default     = 30
+
+  validation {
+    condition     = var.processor_drain_seconds >= 0 && var.processor_drain_seconds <= 3600 && floor(var.processor_drain_seconds) == var.processor_drain_seconds
+    error_message = "processor_drain_seconds must be an integer from 0 to 3600."
+  }
+}

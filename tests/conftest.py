@@ -10,6 +10,7 @@ import pytest
 import config_watch
 from config_watch import ConfigWatcher, Settings, service_prefix, GLOBAL_PREFIX
 from config_watch._source import EtcdSource
+from gateway import pipeline
 from tools.etcd_server import EtcdServer
 from tools.tcp_proxy import TcpProxy
 
@@ -18,11 +19,14 @@ PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
 
 @pytest.fixture(autouse=True)
 def _clean_globals():
-    """Every test starts with no runtime and leaves os.environ as it found it."""
+    """Every test starts with no runtime, no gateway state (breaker, buckets, upstream pool),
+    and leaves os.environ as it found it."""
     saved = dict(os.environ)
     config_watch.reset_runtime()
+    pipeline.reset()
     yield
     config_watch.reset_runtime()
+    pipeline.reset()
     os.environ.clear()
     os.environ.update(saved)
     # The runtime's log handler holds the stdout of this test's capture: drop it.

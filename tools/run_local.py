@@ -1,8 +1,9 @@
-"""`make run`: a single-node etcd on loopback and the gateway beside it.
+"""`make run`: a single-node etcd on loopback, the gateway and the data processor beside it.
 
 etcd keeps its data in .local/etcd-data (git-ignored), so values survive a restart
 (`make reset` clears it); the endpoint goes to .local/env for the operator tool.
-Ports: ETCD_PORT (default 2379) and PORT (default 8080). Ctrl-C stops both.
+Ports: ETCD_PORT (default 2379), PORT (gateway, default 8080) and PROCESSOR_PORT
+(processor, default 8081). Ctrl-C stops all three.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main() -> int:
     port = os.environ.get("PORT", "8080")
     if not _port_free(int(port)):
         sys.exit(f"PORT {port} is in use; set PORT to a free port")
+    processor_port = os.environ.get("PROCESSOR_PORT", "8081")
+    if not _port_free(int(processor_port)):
+        sys.exit(f"PROCESSOR_PORT {processor_port} is in use; set PROCESSOR_PORT to a free port")
     etcd = EtcdServer(
         name="local",
         data_dir=str(data_dir),
@@ -63,7 +67,7 @@ def main() -> int:
     (ROOT / ".local" / "env").write_text(f"# written by make run\nETCD_ENDPOINTS={etcd.endpoint}\n")
     # Locally /_status shows endpoints and error text (deploy.sh and Terraform leave it off).
     env = {"STATUS_DETAILS": "true", **os.environ, "ETCD_ENDPOINTS": etcd.endpoint, "PORT": port}
-    server = None
+    server = processor = None
     try:
         subprocess.run([sys.executable, "-m", "config_watch", "seed"], env=env, check=True)
         if etcd.etcdctl("get", "/config/global/maintenance-mode", "--print-value-only").strip() == "true":
@@ -75,30 +79,58 @@ def main() -> int:
         etcdctl = f"{etcdctl_bin} --endpoints={etcd.endpoint}"
         print(
             f"\netcd   : {etcd.endpoint} (data in {data_dir}, log in .local/etcd.log)\n"
-            f"gateway: http://127.0.0.1:{port}/  (status: /_status)\n\n"
+            f"gateway: http://127.0.0.1:{port}/  (status: /_status)\n"
+            f"processor: http://127.0.0.1:{processor_port}/v1/jobs  (status: /_status)\n\n"
             f"Try:\n"
             f"  curl -i http://127.0.0.1:{port}/onboarding\n"
             f"  {etcdctl} put /config/services/api-gateway/features/new-user-onboarding true\n"
-            f"  curl -i http://127.0.0.1:{port}/onboarding\n",
+            f"  curl -i http://127.0.0.1:{port}/onboarding\n"
+            f"  curl -i -X POST --data-binary 'some bytes' 'http://127.0.0.1:{port}/v1/jobs?rounds=3'"
+            f"   # through the gateway\n"
+            f"  {etcdctl} put /config/services/api-gateway/experiments/checkout control:50,treatment:50\n"
+            f"  {etcdctl} put /config/services/data-processor/threads 8\n"
+            f"  curl -s http://127.0.0.1:{processor_port}/_status\n",
             flush=True,
+        )
+        # Its own process group: a Ctrl-C at the terminal reaches this script, which
+        # then stops it with SIGTERM (a drain), instead of both racing to react.
+        processor = subprocess.Popen(
+            [sys.executable, "-m", "processor"],
+            cwd=ROOT,
+            env={**env, "CONFIG_SERVICE": "data-processor", "PROCESSOR_PORT": processor_port},
+            start_new_session=True,
         )
         server = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "api_gateway", "--port", port],
             cwd=ROOT,
-            env=env,
+            env={"PROCESSOR_URL": f"http://127.0.0.1:{processor_port}", **env},
         )
-        return server.wait()
+        # Either service exiting on its own ends the run (and stops the other).
+        while server.poll() is None and processor.poll() is None:
+            try:
+                server.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        return server.returncode if server.returncode is not None else processor.returncode
     except KeyboardInterrupt:
         return 0
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
+        for child in (server, processor):
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in (server, processor):
+            if child is None:
+                continue
             try:
-                server.wait(10)
+                child.wait(35)  # the processor drains its jobs (PROCESSOR_DRAIN_SECONDS, 30 s)
             except subprocess.TimeoutExpired:
-                server.kill()
+                if child is processor:  # its whole group: the gunicorn master and its worker
+                    os.killpg(child.pid, signal.SIGKILL)
+                else:
+                    child.kill()
+                child.wait()
         etcd.stop()
-        print("\nstopped the gateway and etcd", flush=True)
+        print("\nstopped the gateway, the processor and etcd", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,23 @@ import functions_framework
 
 _KEYS = (
     "/config/services/api-gateway/rate-limit",
-    "/config/global/maintenance-mode",
     "/config/services/api-gateway/rate-limit-burst",
+    "/config/services/api-gateway/rate-limit-scope",
+    "/config/services/api-gateway/upstream-timeout-ms",
+    "/config/services/api-gateway/breaker/failures",
+    "/config/services/api-gateway/breaker/open-seconds",
+    "/config/services/api-gateway/breaker/half-open-successes",
+    "/config/global/maintenance-mode",
 )
 
 
 @functions_framework.http
 def bare(request: flask.Request) -> flask.Response:
-    values = {_KEYS[0]: 1000000, _KEYS[1]: False, _KEYS[2]: 1000000}
-    body = {"revision": 1, "synced": True, "applied": {"revision": 1, "values": values, "features": {}}}
+    # The gateway's `GET /` answer, key for key (every exact key of the schema and its
+    # open families), so both serve the same bytes.
+    values = dict(zip(_KEYS, (1000000, 1000000, "cluster", 5000, 5, 30, 3, False)))
+    body = {"revision": 1, "synced": True, "applied": {"revision": 1, "values": values, "features": {},
+                                                       "rate_limits": {}, "experiments": {}}}
     # Headers passed as the gateway passes them (to the constructor).
     headers = {"X-Config-Revision": "1", "Cache-Control": "no-store", "RateLimit-Limit": "1000000",
                "RateLimit-Remaining": "999999", "RateLimit-Reset": "1"}

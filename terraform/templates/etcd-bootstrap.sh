@@ -12,6 +12,8 @@
 #       for rotation).
 #   ETCD_GATEWAY_USER (gateway), ETCD_OPERATOR_USER (operator), CONFIG_PREFIX (/config/),
 #   ETCDCTL (etcdctl): optional.
+#   ETCD_PROCESSOR_PASSWORD: when set, the data processor's user (ETCD_PROCESSOR_USER,
+#       processor) is made too, read-only, on the range its watcher lists.
 set -euo pipefail
 
 : "${ETCDCTL_ENDPOINTS:?ETCDCTL_ENDPOINTS is required}"
@@ -87,6 +89,18 @@ ctl role grant-permission "$OPERATOR_ROLE" readwrite /audit/ --prefix=true >/dev
 
 ensure_user "$GATEWAY_USER" "$ETCD_GATEWAY_PASSWORD" "$READER_ROLE"
 ensure_user "$OPERATOR_USER" "$ETCD_OPERATOR_PASSWORD" "$OPERATOR_ROLE"
+
+# The data processor reads exactly what its watcher reads: one key range from
+# <prefix>global/ to the end of <prefix>services/data-processor/ (one range, so one
+# watch delivers a transaction over both prefixes whole; README.md, "Deploy").
+if [ -n "${ETCD_PROCESSOR_PASSWORD:-}" ]; then
+  PROCESSOR_ROLE=processor-reader
+  ensure_role "$PROCESSOR_ROLE"
+  # [from, to): "0" is the byte after "/", so `to` ends the data-processor/ prefix.
+  ctl role grant-permission "$PROCESSOR_ROLE" read \
+    "${CONFIG_PREFIX}global/" "${CONFIG_PREFIX}services/data-processor0" >/dev/null
+  ensure_user "${ETCD_PROCESSOR_USER:-processor}" "$ETCD_PROCESSOR_PASSWORD" "$PROCESSOR_ROLE"
+fi
 
 if has_line "$(ctl auth status)" "Authentication Status: true"; then
   log "authentication already enabled"

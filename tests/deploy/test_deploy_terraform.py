@@ -113,7 +113,7 @@ def test_enables_the_apis_it_uses():
 
 
 def test_etcd_vm_has_no_external_address_and_is_shielded():
-    vm = only("google_compute_instance")
+    vm = RESOURCES["google_compute_instance"]["etcd"]  # the processor VM: test_deploy_processor.py
     for nic in vm["network_interface"]:
         assert "access_config" not in nic
         assert "ipv6_access_config" not in nic
@@ -125,7 +125,7 @@ def test_etcd_vm_has_no_external_address_and_is_shielded():
 
 
 def test_etcd_data_lives_on_a_separate_persistent_disk():
-    vm = only("google_compute_instance")
+    vm = RESOURCES["google_compute_instance"]["etcd"]  # the processor VM: test_deploy_processor.py
     disk = block(vm, "attached_disk")
     assert disk["source"] == "${google_compute_disk.etcd_data[count.index].id}"
     assert disk["device_name"] == "${local.etcd_data_device_name}"
@@ -242,8 +242,7 @@ def test_function_gets_the_settings_the_code_reads():
 def test_etcd_password_is_a_secret_never_a_plain_variable():
     env = {**TF["locals"]["function_env"], **TF["locals"]["function_optional_env"]}
     assert not any("PASSWORD" in name for name in env)
-    (secret_env,) = SERVICE["secret_environment_variables"]
-    assert secret_env["key"] == "ETCD_PASSWORD"
+    (secret_env,) = [s for s in SERVICE["secret_environment_variables"] if s["key"] == "ETCD_PASSWORD"]
     assert secret_env["secret"] == '${google_secret_manager_secret.etcd["gateway-password"].secret_id}'
 
 

@@ -1,4 +1,5 @@
-"""HTTP fuzzing of the gateway (Flask test client) against a real etcd."""
+"""HTTP fuzzing of the gateway (Flask test client) against a real etcd, forwarding
+`/v1/` to a real upstream that echoes what it got."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from config_watch import RATE_LIMIT, RATE_LIMIT_BURST
 from tests.support import wait_until
+from tools.upstream_server import UpstreamServer
 
 MAIN = str(Path(__file__).resolve().parents[2] / "main.py")
 # High enough that fuzzing never runs out of tokens: every request reaches the handler's end.
@@ -22,13 +24,14 @@ LIMIT = "1000000"
 FRAMEWORK_PATHS = {"/robots.txt", "/favicon.ico"}
 
 
-def reaches_function(path: str) -> bool:
-    """Whether functions-framework's routing hands `path` to the function at all.
+def may_miss_function(path: str) -> bool:
+    """Whether functions-framework's routing may answer `path` itself (a 404).
 
-    Its catch-all rule `/<path:path>` is a regex whose `.` does not match a newline, so
-    a path with a (percent-encoded) newline gets werkzeug's own 404.
+    Its own paths, and paths with a (percent-encoded) newline: its rules are regexes
+    whose `.` does not match one (though `$` matches before a final one, so some such
+    paths still reach the function).
     """
-    return path not in FRAMEWORK_PATHS and "\n" not in path
+    return path in FRAMEWORK_PATHS or "\n" in path
 
 # Printable text: the test client, like any HTTP client, cannot send CR/LF or NUL in a header.
 header_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=200)
@@ -38,12 +41,15 @@ methods = st.one_of(
     st.from_regex(r"\A[A-Za-z][A-Za-z-]{0,15}\Z"),
 )
 segments = st.one_of(
-    st.sampled_from(["..", ".", "", "_status", "onboarding", "%", "%00", "%ff", "a b", "é", "🙂", "?x=1", "#f", "\x00"]),
+    st.sampled_from(["..", ".", "", "_status", "onboarding", "v1", "jobs", "%", "%00", "%2F", "%ff", "a b", "é", "🙂",
+                     "?x=1", "#f", "\x00"]),
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
 )
 paths = st.one_of(
-    st.sampled_from(["/", "/_status", "/onboarding", "/../../etc/passwd", "/robots.txt"]),
+    st.sampled_from(["/", "/_status", "/onboarding", "/../../etc/passwd", "/robots.txt", "/v1/jobs", "/v1/",
+                     "/v1/../_status", "/v1/./jobs"]),
     st.lists(segments, max_size=8).map(lambda parts: "/" + "/".join(parts)),
+    st.lists(segments, max_size=6).map(lambda parts: "/v1/" + "/".join(parts)),
     st.integers(1000, 20_000).map(lambda n: "/" + "a" * n),
     st.integers(100, 2_000).map(lambda n: "/" + "é/" * n),
 )
@@ -81,22 +87,40 @@ def check_response(response, req: dict, min_revision: int) -> None:
         if req["method"] != "HEAD":
             assert json.loads(response.data)["synced"] is True
         return
-    if not reaches_function(path):
+    if may_miss_function(path) and "X-Config-Revision" not in response.headers:
         assert response.status_code == 404
         return
     revision = response.headers.get("X-Config-Revision")
     assert revision is not None, (response.status_code, req["method"], path[:200])
     assert int(revision) >= min_revision
     assert response.headers["RateLimit-Limit"] == LIMIT
+    forwarded = path.startswith("/v1/")
+    if forwarded and response.status_code != 200 and response.mimetype != "application/json":
+        return  # the upstream's own refusal (e.g. 431 for a huge X-Forwarded-For), passed through
     if req["method"] != "HEAD":
         body = json.loads(response.data)
-        if response.status_code == 200 and path != "/onboarding":
+        if forwarded and response.status_code == 200:
+            # Forwarded: the upstream's echo of what it received.
+            assert body["method"] == req["method"].upper()  # as the test client sends it
+            assert body["target"].startswith("/v1/")
+            sent = {name.lower(): value for name, value in body["headers"]}
+            assert sent["authorization"] == "Bearer fuzz-token"
+        elif response.status_code == 200 and path != "/onboarding":
             assert body["applied"]["values"][RATE_LIMIT] == int(LIMIT)
 
 
-def gateway_client(etcd, hops: int, rate: str, burst: str):
+@pytest.fixture
+def upstream():
+    with UpstreamServer() as up:
+        yield up
+
+
+def gateway_client(etcd, hops: int, rate: str, burst: str, upstream: UpstreamServer | None = None):
     """A test client of the gateway, once its watcher has seen `rate` and `burst`."""
     os.environ["ETCD_ENDPOINTS"] = etcd.endpoint
+    if upstream is not None:
+        os.environ["PROCESSOR_URL"] = upstream.url
+        os.environ["PROCESSOR_TOKEN"] = "fuzz-token"
     os.environ["TRUSTED_PROXY_HOPS"] = str(hops)
     etcd.etcdctl("put", RATE_LIMIT, rate)
     revision = json.loads(etcd.etcdctl("put", RATE_LIMIT_BURST, burst, "-w", "json"))["header"]["revision"]
@@ -106,8 +130,8 @@ def gateway_client(etcd, hops: int, rate: str, burst: str):
     return client, revision
 
 
-def fuzz_gateway(etcd, hops: int, examples: int) -> None:
-    client, min_revision = gateway_client(etcd, hops, LIMIT, LIMIT)
+def fuzz_gateway(etcd, upstream, hops: int, examples: int) -> None:
+    client, min_revision = gateway_client(etcd, hops, LIMIT, LIMIT, upstream)
     statuses: Counter[int] = Counter()
 
     @settings(max_examples=examples, deadline=None,
@@ -132,16 +156,17 @@ def fuzz_gateway(etcd, hops: int, examples: int) -> None:
             response.close()
 
     one_request()
-    print(f"hops={hops}: responses by status {dict(statuses)}")
+    print(f"hops={hops}: responses by status {dict(statuses)}; {upstream.requests} forwarded")
+    assert upstream.requests > 0, "no fuzzed request was forwarded"
     assert statuses[200] > examples // 4, "too few fuzzed requests reached the end of the handler"
 
 
-def test_fuzzed_requests_never_get_a_server_error_without_trusted_proxies(etcd):
-    fuzz_gateway(etcd, hops=0, examples=150)
+def test_fuzzed_requests_never_get_a_server_error_without_trusted_proxies(etcd, upstream):
+    fuzz_gateway(etcd, upstream, hops=0, examples=150)
 
 
-def test_fuzzed_requests_never_get_a_server_error_behind_one_trusted_proxy(etcd):
-    fuzz_gateway(etcd, hops=1, examples=150)
+def test_fuzzed_requests_never_get_a_server_error_behind_one_trusted_proxy(etcd, upstream):
+    fuzz_gateway(etcd, upstream, hops=1, examples=150)
 
 
 @pytest.mark.parametrize("hops", [0, 1])

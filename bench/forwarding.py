@@ -1,0 +1,146 @@
+"""`make bench`, forwarding: POST /v1/jobs through the gateway vs straight to the
+processor, in the same run, idle and under load.
+
+Two keep-alive connections, one to the gateway and one to the processor; each
+iteration sends one job down each, in alternating order, so both paths share the
+machine's state of the moment. The difference of their percentiles is the gateway's
+cost: identity, experiments, maintenance, rate limit, breaker, and the second hop.
+Under load, bench.loadgen processes keep the gateway busy forwarding (GET /v1/jobs,
+answered 405 by the processor) while the samples are taken.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import time
+
+# A small job: the bench measures the path, not the hashing.
+JOB_BODY = b'{"bench": "forwarding"}'
+JOB_PATH = "/v1/jobs?rounds=1"
+WARMUP = 50
+TOKEN = "bench-forwarding-token-0123456789"
+
+
+class _Conn:
+    """Requests over one keep-alive connection, reopened if the server closed it."""
+
+    def __init__(self, port: int, headers: dict[str, str], method: str = "POST", path: str = JOB_PATH,
+                 body: bytes | None = JOB_BODY) -> None:
+        self.port, self.headers = port, headers
+        self.method, self.path, self.body = method, path, body
+        self.conn: http.client.HTTPConnection | None = None
+        self.reconnects = 0
+
+    def post(self) -> float:
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                self.conn.connect()
+                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                t = time.perf_counter()
+                self.conn.request(self.method, self.path, body=self.body, headers=self.headers)
+                resp = self.conn.getresponse()
+                resp.read()
+                elapsed = time.perf_counter() - t
+                if resp.status != 200:
+                    raise RuntimeError(f"forwarding bench: port {self.port} answered {resp.status}")
+                if resp.will_close:
+                    self.close()
+                return elapsed
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self.close()
+                self.reconnects += 1
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class ForwardingBench:
+    def __init__(self, bench, requests: int) -> None:
+        self.bench = bench
+        self.requests = requests
+
+    def servers(self):
+        from tools.processor_server import ProcessorServer
+
+        b = self.bench
+        processor = ProcessorServer({"ETCD_ENDPOINTS": b.etcd.endpoint, "PROCESSOR_TOKEN": TOKEN},
+                                    log_path=os.path.join(b.logdir, "forwarding-processor.log"))
+        b.stack.callback(processor.stop)
+        processor.start()
+        gateway = b.server("forwarding-gateway", workers=1)
+        gateway.env.update({"PROCESSOR_URL": processor.url, "PROCESSOR_TOKEN": TOKEN})
+        gateway.start()
+        return processor, gateway
+
+    def sample(self, gateway_port: int, processor_port: int) -> dict:
+        via = _Conn(gateway_port, {"Content-Type": "application/json"})
+        direct = _Conn(processor_port, {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        # The gateway's own round trip on a path it answers itself (GET /): what any
+        # request through it costs before forwarding adds its part.
+        local = _Conn(gateway_port, {}, "GET", "/", None)
+        conns = {"gateway": via, "direct": direct, "local": local}
+        try:
+            for _ in range(WARMUP):
+                for conn in conns.values():
+                    conn.post()
+            out = {name: [] for name in conns}
+            order = list(conns.items())
+            for i in range(self.requests):
+                for name, conn in (order if i % 2 else order[::-1]):
+                    out[name].append(conn.post())
+            out["reconnects"] = sum(conn.reconnects for conn in conns.values())
+            return out
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    def run(self) -> dict:
+        processor, gateway = self.servers()
+        try:
+            idle = self.sample(gateway.port, processor.port)
+            gen = self.bench.loadgen(gateway.port, start_at=time.time() + 0.5, path="/v1/jobs")
+            time.sleep(1.0)  # load generators connected and running
+            loaded = self.sample(gateway.port, processor.port)
+            gen.stop()
+            loaded["load"] = gen.result(timeout=10)
+            gen.kill()
+            return {"idle": idle, "load": loaded, "requests": self.requests}
+        finally:
+            gateway.stop()
+            processor.stop()
+
+
+def report(res: dict, pct, ms, verdict) -> tuple[list[tuple], list[str]]:
+    rows, details = [], []
+    for key, title in (("idle", "idle"), ("load", "under load")):
+        r = res[key]
+        g50, g99 = pct(r["gateway"], 50), pct(r["gateway"], 99)
+        d50, d99 = pct(r["direct"], 50), pct(r["direct"], 99)
+        row = (f"POST /v1/jobs through the gateway vs straight to the processor, {title} (n={res['requests']} each)",
+               f"gateway p50 {ms(g50)} ms, p99 **{ms(g99)} ms**", f"processor p50 {ms(d50)} ms, p99 {ms(d99)} ms",
+               f"+{ms(g50 - d50)} ms p50, +{ms(g99 - d99)} ms p99")
+        if key == "idle":
+            rows.append(row + ("≤ +1.5 ms p50, ≤ +3 ms p99", verdict(g50 - d50 <= 0.0015 and g99 - d99 <= 0.003)))
+        else:
+            rows.append(row + ("(reported)", ""))
+        l50 = pct(r["local"], 50)
+        line = (f"- Forwarding {title}: gateway p50/p90/p99/max {ms(g50)}/{ms(pct(r['gateway'], 90))}/{ms(g99)}/"
+                f"{ms(max(r['gateway']))} ms; processor {ms(d50)}/{ms(pct(r['direct'], 90))}/{ms(d99)}/"
+                f"{ms(max(r['direct']))} ms; the gateway's own GET / in the same iterations p50/p99 {ms(l50)}/"
+                f"{ms(pct(r['local'], 99))} ms, so of the +{ms(g50 - d50)} ms at p50 about {ms(l50)} ms is the "
+                f"gateway's hop itself (server, framework, policies) and {ms(g50 - d50 - l50)} ms the forwarding "
+                f"(second connection, header rewriting, breaker); {r['reconnects']} reconnects")
+        if "load" in r:
+            ld = r["load"]
+            line += f"; load generator on the gateway's /v1/jobs: {ld['rate']:.0f} req/s, statuses {ld['statuses']}"
+        details.append(line)
+    return rows, details
