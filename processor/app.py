@@ -15,7 +15,7 @@ import time
 import flask
 
 import config_watch
-from config_watch import MAINTENANCE_MODE, THREADS, ConfigRuntime, Snapshot
+from config_watch import MAINTENANCE_MODE, THREADS, ConfigRuntime, ConfigUnavailable, Snapshot
 
 from .jobs import fingerprint
 from .pool import PoolClosed, QueueFull, ResizablePool, RunInfo
@@ -102,7 +102,7 @@ class Processor:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     def status(self) -> flask.Response:
-        body = self.runtime.status()
+        body = self.runtime.status_json()  # addresses and error text only with STATUS_DETAILS=true
         body["pool"] = self.pool.stats()
         body["draining"] = self.draining
         return _json(body, 200, {"Cache-Control": "no-store"})
@@ -118,7 +118,12 @@ class Processor:
         if request.content_length is not None and request.content_length > limit:
             return _json({"error": f"body larger than {limit} bytes"}, 413, {"Connection": "close"})
 
-        snapshot = self.runtime.snapshot()  # the one snapshot this request uses
+        try:
+            snapshot = self.runtime.snapshot()  # the one snapshot this request uses
+        except ConfigUnavailable as exc:  # never synced, and etcd refuses us: no job on made-up settings
+            log.error("processor misconfigured: %s", exc.reason)
+            return _json({"error": f"processor misconfigured: {exc.reason}"}, 503,
+                         {"Retry-After": str(MAINTENANCE_RETRY_AFTER)})
         headers = {"X-Config-Revision": str(snapshot.revision), "Cache-Control": "no-store"}
         if snapshot[MAINTENANCE_MODE]:
             headers["Retry-After"] = str(MAINTENANCE_RETRY_AFTER)

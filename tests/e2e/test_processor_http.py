@@ -140,7 +140,7 @@ def test_resize_under_load_loses_no_job(etcd, start_processor):
 
 def test_bad_threads_values_are_rejected_and_the_size_stays(etcd, start_processor):
     set_threads(etcd, 5)
-    server = start_processor()
+    server = start_processor(STATUS_DETAILS="true")  # rejected values, not only their keys
     for bad in ("0", "999", "abc"):
         etcd.etcdctl("put", THREADS, bad)
         revision = etcd.revision()
