@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 
 import flask
 import functions_framework
 
 import config_watch
-from config_watch import MAINTENANCE_MODE, RATE_LIMIT, RATE_LIMIT_BURST
-from gateway import Decision, RateLimiter, client_identity
+from config_watch import MAINTENANCE_MODE
+from gateway import client_identity, rate_limit_step
 
 log = logging.getLogger("main")
 
@@ -27,22 +25,6 @@ MAINTENANCE_RETRY_AFTER = 60
 GATEWAY_SERVICE = "api-gateway"
 # The feature flag that gates GET /onboarding.
 ONBOARDING_FEATURE = "new-user-onboarding"
-
-# This process's bucket table and the pid it was made in (a forked child makes its own).
-_limiter: tuple[int, RateLimiter] | None = None
-# Guards creation of `_limiter`.
-_limiter_lock = threading.Lock()
-
-
-def _get_limiter(max_clients: int) -> RateLimiter:
-    global _limiter
-    current = _limiter
-    if current is None or current[0] != os.getpid():
-        with _limiter_lock:
-            current = _limiter
-            if current is None or current[0] != os.getpid():
-                current = _limiter = (os.getpid(), RateLimiter(max_clients))
-    return current[1]
 
 
 def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> flask.Response:
@@ -57,14 +39,6 @@ def _misconfigured(reason: str) -> flask.Response:
     return _json({"error": f"gateway misconfigured: {reason}"}, 503, {"Retry-After": str(MAINTENANCE_RETRY_AFTER)})
 
 
-def _rate_headers(decision: Decision) -> dict[str, str]:
-    return {
-        "RateLimit-Limit": str(decision.limit),
-        "RateLimit-Remaining": str(decision.remaining),
-        "RateLimit-Reset": str(decision.reset_seconds),
-    }
-
-
 @functions_framework.http
 def api_gateway(request: flask.Request) -> flask.Response:
     try:
@@ -77,23 +51,28 @@ def api_gateway(request: flask.Request) -> flask.Response:
         # would leave them at their defaults without a word.
         return _misconfigured(f"CONFIG_SERVICE must be {GATEWAY_SERVICE!r}, not {runtime.settings.service!r}")
 
+    rate_limit = rate_limit_step(runtime)  # this process's buckets and membership
     if request.path == "/_status":
-        return _json(runtime.status(), 200, {"Cache-Control": "no-store"})
+        status = runtime.status()
+        status["rate_limit"] = rate_limit.status(runtime.watcher.store.current)
+        return _json(status, 200, {"Cache-Control": "no-store"})
 
     snapshot = runtime.snapshot()  # the one snapshot this request uses
-    limiter = _get_limiter(runtime.settings.max_clients)
     client = client_identity(request.environ, runtime.settings.trusted_proxy_hops)
-    rate, burst = snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST]
     headers = {"X-Config-Revision": str(snapshot.revision), "Cache-Control": "no-store"}
 
     if snapshot[MAINTENANCE_MODE]:
         # A client waiting out maintenance keeps its tokens: look, do not take.
-        headers.update(_rate_headers(limiter.check(client, rate, burst, consume=False)))
+        headers.update(rate_limit.check(snapshot, request.path, client, consume=False).headers())
         headers["Retry-After"] = str(MAINTENANCE_RETRY_AFTER)
         return _json({"error": "maintenance", "revision": snapshot.revision}, 503, headers)
 
-    decision = limiter.check(client, rate, burst)
-    headers.update(_rate_headers(decision))
+    # --- rate-limit step: the request's rule (or the default), split across the fleet
+    # in cluster scope; also renews this process's membership when due (off the hot path).
+    limited = rate_limit.check(snapshot, request.path, client)
+    decision = limited.decision
+    headers.update(limited.headers())
+    # --- end of the rate-limit step
     if not decision.allowed:
         headers["Retry-After"] = str(decision.retry_after)
         return _json({"error": "rate limit exceeded", "retry_after": decision.retry_after}, 429, headers)

@@ -118,6 +118,9 @@ class Settings(NamedTuple):
     trusted_proxy_hops: int = 0
     max_clients: int = 100_000
     log_level: str = "INFO"
+    # Lease of a serving process's membership record (/instances/<service>/<id>):
+    # a process that stops serving drops out of the member count within this bound.
+    instance_ttl: float = 15.0
 
     def __repr__(self) -> str:
         shown = self._replace(password="***" if self.password else None)
@@ -166,4 +169,6 @@ class Settings(NamedTuple):
             trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 0),
             max_clients=_int(env, "RATE_LIMIT_MAX_CLIENTS", 100_000, minimum=1),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            # etcd grants leases in whole seconds, and refuses TTLs below its minimum.
+            instance_ttl=_float(env, "INSTANCE_TTL_SECONDS", 15.0, minimum=2.0),
         )
