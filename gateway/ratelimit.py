@@ -68,14 +68,12 @@ def process_share(rate_per_minute: int, burst: int, members: int) -> Share:
 
 
 class _Bucket:
-    __slots__ = ("tokens", "updated", "capacity", "members")
+    __slots__ = ("tokens", "updated", "members")
 
-    def __init__(self, tokens: float, updated: float, capacity: float, members: int) -> None:
+    def __init__(self, tokens: float, updated: float, members: int) -> None:
         self.tokens = tokens
         self.updated = updated
-        # The capacity and the split `tokens` were last measured against.
-        self.capacity = capacity
-        self.members = members
+        self.members = members  # the split `tokens` was last measured in
 
 
 class RateLimiter:
@@ -92,7 +90,7 @@ class RateLimiter:
         self._clock = clock
         self._share = share
         self._rounding = rounding  # uniform in [0, 1): the random part of a split bucket's first fill
-        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[str | tuple[str, str], _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -109,26 +107,30 @@ class RateLimiter:
         """
         now = self._clock()
         per_second, capacity, initial = self._share(rate_per_minute, burst, members)
-        key = (rule, client)
+        # The default limit's buckets are keyed by the client alone (a tuple per bucket
+        # would cost 10 % more memory in a full table); a rule's by (rule, client).
+        key = client if rule == DEFAULT_RULE else (rule, client)
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
                 if members > 1:
                     initial = min(capacity, initial + self._rounding())
-                bucket = _Bucket(initial, now, capacity, members)
+                bucket = _Bucket(initial, now, members)
                 if consume:
                     self._buckets[key] = bucket
                     if len(self._buckets) > self.max_clients:
                         self._buckets.popitem(last=False)
             else:
                 self._buckets.move_to_end(key)
-                if bucket.members != members and bucket.capacity > 0:
+                if bucket.members != members:
                     # The fleet grew or shrank (or the scope changed): same fill ratio, new size.
-                    bucket.tokens *= capacity / bucket.capacity
+                    old_capacity = self._share(rate_per_minute, burst, bucket.members).capacity
+                    if old_capacity > 0:
+                        bucket.tokens *= capacity / old_capacity
+                    bucket.members = members
                 elapsed = max(0.0, now - bucket.updated)
                 bucket.tokens = min(capacity, bucket.tokens + elapsed * per_second)
                 bucket.updated = now
-                bucket.capacity, bucket.members = capacity, members
             tokens = bucket.tokens
             allowed = tokens >= 1.0
             if allowed and consume:

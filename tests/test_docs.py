@@ -38,7 +38,7 @@ def test_key_table_matches_schema():
 
 def test_settings_table_lists_every_setting_the_code_reads():
     code = (ROOT / "config_watch" / "_settings.py").read_text()
-    read = set(re.findall(r'"((?:ETCD|CONFIG|TRUSTED|RATE_LIMIT|LOG)_[A-Z_]+)"', code))
+    read = set(re.findall(r'"((?:ETCD|CONFIG|TRUSTED|RATE_LIMIT|INSTANCE|LOG)_[A-Z_]+)"', code))
     documented = set()
     for row in table_after("## Configuration settings"):
         documented |= set(re.findall(r"`([A-Z_]+)`", row[0]))
