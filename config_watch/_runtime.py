@@ -16,7 +16,7 @@ from typing import Mapping
 
 from ._source import EtcdSource
 from ._logging import configure_logging
-from ._schema import GLOBAL_PREFIX, SCHEMA, service_prefix
+from ._schema import GLOBAL_PREFIX, service_prefix
 from ._settings import Settings
 from ._snapshot import Snapshot
 from ._watcher import ConfigWatcher
@@ -30,10 +30,7 @@ class ConfigRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid = os.getpid()
-        # A service with a membership family (the gateway) watches its live members in
-        # the same range, so N comes in the same revision stream as the configuration.
         self.prefixes = [service_prefix(settings.service), GLOBAL_PREFIX]
-        self.prefixes += SCHEMA.member_prefixes(settings.service)
         self.watcher = ConfigWatcher(lambda: EtcdSource(settings, self.prefixes), self.prefixes, settings)
         # Until this moment a request waits for the first list; after it, none does.
         self._cold_start_deadline = time.monotonic() + settings.initial_wait

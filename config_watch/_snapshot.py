@@ -193,17 +193,12 @@ class Snapshot:
         """The snapshot as plain JSON data; built once (the snapshot never changes), not to be mutated.
 
         Each open family appears under its last path segment (`features`,
-        `experiments`, `rate_limits`), structured values in their etcd text form;
-        a membership family only as its count (`members`).
+        `experiments`, `rate_limits`), structured values in their etcd text form.
         """
         if self._json is None:
             out: dict[str, Any] = {"revision": self.revision, "values": dict(self.values), "features": {}}
             for path, members in self.families.items():
                 spec = self._schema.family_spec(path)
-                if spec.written_by == "service":
-                    # Membership records: counted, not listed (a fleet may hold thousands).
-                    out["members"] = len(members)
-                    continue
                 out[_family_label(path)] = {
                     name: value if isinstance(value, (bool, int)) else spec.format(value)
                     for name, value in members.items()

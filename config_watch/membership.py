@@ -1,8 +1,11 @@
 """This process's membership of its service's fleet: a lease-bound record in etcd.
 
 Every serving process writes `/instances/<service>/<id>` bound to a lease of
-`INSTANCE_TTL_SECONDS`; the service's watch counts the records (N = live members).
-A process that stops, is killed or stops serving drops out when its lease runs out.
+`INSTANCE_TTL_SECONDS`, and counts the records (N = live members) with a watcher of
+its own over that prefix: the same list-then-watch loop as the configuration's, kept
+apart so that membership trouble (a role without the right to the prefix, say) can
+never cost the configuration its watch. A process that stops, is killed or stops
+serving drops out when its lease runs out.
 
 Renewal is driven by requests, not by a timer: Cloud Run throttles the CPU between
 requests, so a timer thread may sleep through its deadline, while a process that
@@ -33,6 +36,8 @@ from ._errors import EtcdError, Unavailable
 from ._etcd_json import JsonGatewayClient
 from ._schema import SCHEMA, instances_prefix
 from ._settings import Settings
+from ._source import EtcdSource
+from ._watcher import ConfigWatcher
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ class Membership:
     """This process's lease-bound record under `/instances/<service>/`."""
 
     def __init__(self, settings: Settings, service: str, *, client: JsonGatewayClient | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, watch: bool = True) -> None:
         self.settings = settings
         self.pid = os.getpid()
         self.ttl = settings.instance_ttl
@@ -83,6 +88,33 @@ class Membership:
         self._failing_since: float | None = None
         self._failure_logged_at = -math.inf
         self.counters = {"registrations": 0, "renewals": 0, "failures": 0}
+        prefixes = [self.prefix]
+        # The live members, watched (not started by `watch=False`: tests and the bench).
+        self.watcher = ConfigWatcher(lambda: EtcdSource(settings, prefixes), prefixes, settings)
+        self._watch = watch
+        # Until this moment the first count waits for the first list; after it, none does.
+        self._cold_start_deadline = clock() + settings.initial_wait
+
+    def start(self) -> "Membership":
+        if self._watch:
+            self.watcher.start()
+        return self
+
+    def members(self) -> Mapping[str, Any]:
+        """The live members' records by id, as last listed or watched.
+
+        Never checked against etcd on the request path: a count a few seconds old
+        costs a little accuracy, a check would cost the request time. Only the first
+        requests of a process wait (within CONFIG_INITIAL_WAIT_SECONDS of its start)
+        for the first list, so they do not take the whole limit for themselves.
+        """
+        watcher = self.watcher
+        if not watcher.synced:
+            remaining = self._cold_start_deadline - self._clock()
+            if remaining > 0:
+                watcher.wait_synced(remaining)
+        snapshot = watcher.store.current
+        return snapshot.family(self.prefix)
 
     # --- request path ------------------------------------------------------------
 
@@ -104,10 +136,16 @@ class Membership:
             self._start_worker()
         self._wake.set()
 
-    def count(self, members: Mapping[str, Any]) -> int:
+    def count(self, members: Mapping[str, Any] | None = None) -> int:
         """Live members N: the records listed, plus this process if it is not among them
         (not registered yet, or refused): it serves, so it takes a share."""
+        members = self.members() if members is None else members
         return len(members) + (0 if self.member_id in members else 1)
+
+    @property
+    def revision(self) -> int:
+        """The revision of the member list in force."""
+        return self.watcher.store.current.revision
 
     def lease_age(self) -> float | None:
         """Seconds since the lease was last granted or renewed (None: never)."""
@@ -115,6 +153,7 @@ class Membership:
 
     def status(self) -> dict:
         age = self.lease_age()
+        watcher = self.watcher.status()
         return {
             "member_id": self.member_id,
             "key": self.key,
@@ -123,6 +162,8 @@ class Membership:
             "lease_age_seconds": None if age is None else round(age, 3),
             "last_error": self.last_error,
             "counters": dict(self.counters),
+            "members_watch": {name: watcher[name] for name in
+                              ("revision", "synced", "connected", "staleness_seconds", "last_error")},
         }
 
     # --- the helper thread -------------------------------------------------------
@@ -218,6 +259,8 @@ class Membership:
         """Leave the fleet now (revoke the lease) instead of at its expiry."""
         self._stopped = True
         self._wake.set()
+        if os.getpid() == self.pid:
+            self.watcher.stop(timeout=1.0)
         lease_id, self._lease_id = self._lease_id, None
         if lease_id is not None and os.getpid() == self.pid:
             self._revoke_quietly(lease_id)
@@ -245,7 +288,7 @@ def get_membership(runtime) -> Membership | None:
         if current is None or _membership_runtime is not runtime or current.pid != os.getpid():
             if current is not None and current.pid == os.getpid():
                 threading.Thread(target=current.close, name="membership-close", daemon=True).start()
-            current = Membership(runtime.settings, runtime.settings.service)
+            current = Membership(runtime.settings, runtime.settings.service).start()
             _membership, _membership_runtime = current, runtime
     return current
 

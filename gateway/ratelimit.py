@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Mapping, NamedTuple
 
-from config_watch import INSTANCES, RATE_LIMIT, RATE_LIMIT_BURST, RATE_LIMIT_SCOPE, RATE_LIMITS, RateRule, Snapshot
+from config_watch import RATE_LIMIT, RATE_LIMIT_BURST, RATE_LIMIT_SCOPE, RATE_LIMITS, RateRule, Snapshot
 from config_watch import Membership, get_membership
 
 # Tokens a process's bucket may hold beyond its share of the burst when the limit is
@@ -226,17 +226,15 @@ class FleetRateLimit:
 
     def members(self, snapshot: Snapshot) -> int:
         """N: live members in `cluster` scope, 1 in `process` scope."""
-        if snapshot[RATE_LIMIT_SCOPE] != "cluster":
+        if snapshot[RATE_LIMIT_SCOPE] != "cluster" or self.membership is None:
             return 1
-        family = snapshot.family(INSTANCES)
-        if self.membership is None:
-            return max(1, len(family))
-        return self.membership.count(family)
+        return self.membership.count()
 
     def check(self, snapshot: Snapshot, path: str, client: str, consume: bool = True) -> RateLimitResult:
         """The decision for one request (consume=False: look without taking a token)."""
-        if self.membership is not None:
-            self.membership.touch(snapshot.family(INSTANCES), snapshot.revision)
+        membership = self.membership
+        if membership is not None:
+            membership.touch(membership.members(), membership.revision)
         limit = self._rules(snapshot).limit_for(path, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST])
         members = self.members(snapshot)
         decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=members, rule=limit.rule)
@@ -247,13 +245,13 @@ class FleetRateLimit:
         out = {
             "scope": snapshot[RATE_LIMIT_SCOPE],
             "members": self.members(snapshot),
-            "live_members": len(snapshot.family(INSTANCES)),
             "default": Limit(DEFAULT_RULE, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST]).policy(),
             "rules": {name: {"prefix": rule.prefix, "rate": rule.rate, "burst": rule.burst, "policy": rule.policy()}
                       for name, rule in sorted(rules.rules.items())},
             "buckets": len(self.limiter),
         }
         if self.membership is not None:
+            out["live_members"] = len(self.membership.members())
             out.update(self.membership.status())
         return out
 
