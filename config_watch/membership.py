@@ -66,7 +66,9 @@ class Membership:
         self.prefix = instances_prefix(service)
         self.member_id = _new_member_id()
         self.key = self.prefix + self.member_id
-        self._client = client or JsonGatewayClient(settings)
+        # Made by the helper on first use: unreadable TLS files are then a logged
+        # failure to register, never an error in a request.
+        self._client = client
         self._clock = clock
         self._record = json.dumps({"host": socket.gethostname(), "pid": self.pid,
                                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
@@ -191,6 +193,8 @@ class Membership:
         asked_at = self._clock()
         timeout = self.settings.request_timeout
         try:
+            if self._client is None:
+                self._client = JsonGatewayClient(self.settings)
             if self._lease_id is not None:
                 self.counters["renewals"] += 1
                 if self._client.lease_keepalive(self._lease_id, timeout) > 0:
@@ -237,7 +241,7 @@ class Membership:
         now = self._clock()
         self.counters["failures"] += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, Unavailable) and len(self.settings.endpoints) > 1:
+        if isinstance(exc, Unavailable) and self._client is not None and len(self.settings.endpoints) > 1:
             self._client.index = (self._client.index + 1) % len(self.settings.endpoints)
         if self._failing_since is None:
             self._failing_since = now
@@ -250,6 +254,8 @@ class Membership:
         self._retry_gap = min(self._retry_gap * 2, self.ttl * RENEW_FRACTION)
 
     def _revoke_quietly(self, lease_id: int) -> None:
+        if self._client is None:
+            return
         try:
             self._client.lease_revoke(lease_id, self.settings.check_timeout)
         except EtcdError:
