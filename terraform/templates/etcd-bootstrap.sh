@@ -85,6 +85,14 @@ ctl role grant-permission "$OPERATOR_ROLE" readwrite "$CONFIG_PREFIX" --prefix=t
 ensure_user "$GATEWAY_USER" "$ETCD_GATEWAY_PASSWORD" "$READER_ROLE"
 ensure_user "$OPERATOR_USER" "$ETCD_OPERATOR_PASSWORD" "$OPERATOR_ROLE"
 
+# Each serving gateway process registers itself (a lease-bound record, for the fleet-wide
+# rate limit) under its service's prefix: the function may write there and nowhere else.
+MEMBER_ROLE=gateway-member
+INSTANCES_PREFIX=/instances/api-gateway/
+ensure_role "$MEMBER_ROLE"
+ctl role grant-permission "$MEMBER_ROLE" readwrite "$INSTANCES_PREFIX" --prefix=true >/dev/null
+ensure_user "$GATEWAY_USER" "$ETCD_GATEWAY_PASSWORD" "$MEMBER_ROLE"
+
 if has_line "$(ctl auth status)" "Authentication Status: true"; then
   log "authentication already enabled"
 else
