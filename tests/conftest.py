@@ -18,11 +18,13 @@ PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
 
 @pytest.fixture(autouse=True)
 def _clean_globals():
-    """Every test starts with no runtime and leaves os.environ as it found it."""
+    """Every test starts with no runtime or membership and leaves os.environ as it found it."""
     saved = dict(os.environ)
     config_watch.reset_runtime()
+    config_watch.reset_membership()
     yield
     config_watch.reset_runtime()
+    config_watch.reset_membership()
     os.environ.clear()
     os.environ.update(saved)
     # The runtime's log handler holds the stdout of this test's capture: drop it.
