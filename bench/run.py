@@ -13,6 +13,9 @@ Four measurements, each beside a baseline measured in the same run:
    handler (bench/bare/main.py), same server settings, alternating rounds, medians.
 4. cold start: process start (Popen) → first response carrying etcd's revision, vs the
    bare handler's Popen → first response; medians.
+5. rate limit across processes (bench/ratelimit.py): admitted / allowed for one client
+   at 3x the limit spread at random over N = 1, 2, 4 processes, for each sharing scheme
+   tried; and the etcd writes and lease renewals that 100 and 1,000 members cause.
 
 Every server is started the way production runs it (`python -m functions_framework`,
 gunicorn gthread) by tools.function_server.FunctionServer. The propagation servers run
@@ -29,7 +32,7 @@ Settings (flag, or environment variable; defaults meet the issue):
   --workers        BENCH_WORKERS            1     gunicorn WORKERS for throughput and cold start
                                                 (propagation always runs WORKERS=1)
   --threads        BENCH_THREADS            8     gunicorn THREADS (framework default on 2 cores)
-  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold
+  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold,ratelimit
   --output         BENCH_OUTPUT             bench/RESULTS.md
 
 Exit status 0 when every figure was measured (a MISS is a result, not a failure),
@@ -72,7 +75,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HIGH = SCHEMA.spec_for(RATE_LIMIT).maximum
 # A change not visible this long after its put counts as lost.
 CHANGE_TIMEOUT = 5.0
-PHASES = ("propagation", "load", "throughput", "cold")
+PHASES = ("propagation", "load", "throughput", "cold", "ratelimit")
 
 
 class BenchError(RuntimeError):
@@ -425,6 +428,17 @@ class Bench:
                                       "cpu": {k: statistics.median(v) for k, v in cpu.items() if v},
                                       "util": {k: statistics.median(v) for k, v in util.items() if v}}
 
+    # --- 5: fleet-wide rate limit (bench/ratelimit.py) -------------------------------
+
+    def phase_ratelimit(self) -> None:
+        from bench import ratelimit
+
+        self.results["ratelimit"] = {
+            "accuracy": ratelimit.accuracy(),
+            "membership": [ratelimit.membership_cost(self.etcd.endpoint, self.etcd.client_url, n)
+                           for n in (100, 1000)],
+        }
+
     # --- 4: cold start --------------------------------------------------------------
 
     def cold_once(self, gateway: bool, expect_revision: int) -> tuple[float, float, int]:
@@ -562,6 +576,26 @@ def report(bench: Bench, started: datetime.datetime, wall: float) -> str:
                        f"(median, Popen → gunicorn bound, i.e. after the module import) gateway {ms(c['listen']['gateway'])} "
                        f"ms, bare {ms(c['listen']['bare'])} ms; both from precompiled bytecode")
 
+    rl = res.get("ratelimit")
+    if rl:
+        from bench import ratelimit
+
+        steady = ", ".join(f"{r['members']} members: {r['steady_proposals_per_second']:.2f} writes/s and "
+                           f"{r['steady_renewals_per_second']:.0f} lease renewals/s" for r in rl["membership"])
+        ours = rl["accuracy"][-1]["figures"]
+        rows.append((
+            "Rate limit across processes (one client at 3× the limit, random spread; `bench/ratelimit.py`)",
+            "admitted / allowed, 600 s: " + ", ".join(f"N={n} **{ours[(n, 600.0)][0]:.2f}**" for n in (1, 2, 4)),
+            "rate/N, burst/N: N=4 " + f"{rl['accuracy'][0]['figures'][(4, 600.0)][0]:.2f}",
+            f"30 s: N=4 {ours[(4, 30.0)][0]:.2f}",
+            "within ±15 %",
+            verdict(all(abs(ours[(n, 600.0)][0] - 1) <= 0.15 for n in (1, 2, 4))),
+        ))
+        details.append("- Rate limit, membership cost while steady: " + steady + " (joins: "
+                       f"{rl['membership'][0]['join_proposals_per_member']:.0f} writes per member)")
+        details += [""] + ratelimit.accuracy_lines(rl["accuracy"]) + [""] + ratelimit.membership_lines(
+            rl["membership"]) + [""]
+
     out = ["# Benchmark results (`make bench`)", ""]
     out.append("| Measurement | Result | Baseline (same run) | Ratio / diff | Target | |")
     out.append("|---|---|---|---|---|---|")
@@ -637,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.phase_throughput()
                 elif phase == "cold":
                     bench.phase_cold()
+                elif phase == "ratelimit":
+                    bench.phase_ratelimit()
                 print(f"bench: {phase} done in {time.monotonic() - tp:.1f} s", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started is stopped", file=sys.stderr)

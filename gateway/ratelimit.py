@@ -90,6 +90,7 @@ class RateLimiter:
         self._clock = clock
         self._share = share
         self._rounding = rounding  # uniform in [0, 1): the random part of a split bucket's first fill
+        self._last_share: tuple[tuple, Share | None] = ((), None)
         self._buckets: OrderedDict[str | tuple[str, str], _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -106,7 +107,14 @@ class RateLimiter:
         (clamped to the new capacity).
         """
         now = self._clock()
-        per_second, capacity, initial = self._share(rate_per_minute, burst, members)
+        shared = (rate_per_minute, burst, members)
+        last = self._last_share  # one entry: the same limit and N, request after request
+        if last[0] == shared:
+            per_second, capacity, initial = last[1]
+        else:
+            share = self._share(rate_per_minute, burst, members)
+            self._last_share = (shared, share)
+            per_second, capacity, initial = share
         # The default limit's buckets are keyed by the client alone (a tuple per bucket
         # would cost 10 % more memory in a full table); a rule's by (rule, client).
         key = client if rule == DEFAULT_RULE else (rule, client)
@@ -181,12 +189,16 @@ class RuleTable:
     def __init__(self, rules: Mapping[str, RateRule]) -> None:
         self.rules = rules
         self._ordered = sorted(rules.items(), key=lambda item: (-len(item[1].prefix), item[0]))
+        self._default = Limit(DEFAULT_RULE, -1, -1)  # the last default limit handed out
 
     def limit_for(self, path: str, default_rate: int, default_burst: int) -> Limit:
         for name, rule in self._ordered:
             if path_under(path, rule.prefix):
                 return Limit(name, rule.rate, rule.burst)
-        return Limit(DEFAULT_RULE, default_rate, default_burst)
+        default = self._default
+        if default.rate != default_rate or default.burst != default_burst:
+            default = self._default = Limit(DEFAULT_RULE, default_rate, default_burst)
+        return default
 
 
 class RateLimitResult(NamedTuple):
@@ -224,19 +236,22 @@ class FleetRateLimit:
             table.rules = rules  # same rules in a newer snapshot: next time, one identity check
         return table
 
-    def members(self, snapshot: Snapshot) -> int:
-        """N: live members in `cluster` scope, 1 in `process` scope."""
+    def members(self, snapshot: Snapshot, listed: Mapping | None = None) -> int:
+        """N: live members in `cluster` scope (from `listed`, the member list if given),
+        1 in `process` scope."""
         if snapshot[RATE_LIMIT_SCOPE] != "cluster" or self.membership is None:
             return 1
-        return self.membership.count()
+        return self.membership.count(listed)
 
     def check(self, snapshot: Snapshot, path: str, client: str, consume: bool = True) -> RateLimitResult:
         """The decision for one request (consume=False: look without taking a token)."""
         membership = self.membership
+        listed = None
         if membership is not None:
-            membership.touch(membership.members(), membership.revision)
+            listed = membership.members()
+            membership.touch(listed, membership.revision)
         limit = self._rules(snapshot).limit_for(path, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST])
-        members = self.members(snapshot)
+        members = self.members(snapshot, listed)
         decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=members, rule=limit.rule)
         return RateLimitResult(decision, limit, members)
 
