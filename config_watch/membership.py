@@ -102,8 +102,8 @@ class Membership:
             self.watcher.start()
         return self
 
-    def members(self) -> Mapping[str, Any]:
-        """The live members' records by id, as last listed or watched.
+    def _listed(self):
+        """The member list in force (a snapshot of the membership family).
 
         Never checked against etcd on the request path: a count a few seconds old
         costs a little accuracy, a check would cost the request time. Only the first
@@ -115,10 +115,21 @@ class Membership:
             remaining = self._cold_start_deadline - self._clock()
             if remaining > 0:
                 watcher.wait_synced(remaining)
-        snapshot = watcher.store.current
-        return snapshot.family(self.prefix)
+        return watcher.store.current
+
+    def members(self) -> Mapping[str, Any]:
+        """The live members' records by id, as last listed or watched."""
+        return self._listed().family(self.prefix)
 
     # --- request path ------------------------------------------------------------
+
+    def serve(self) -> Mapping[str, Any]:
+        """What every served request calls: renews when due (never on the request's
+        time) and returns the live members, read from one snapshot."""
+        listed = self._listed()
+        members = listed.family(self.prefix)
+        self.touch(members, listed.revision)
+        return members
 
     def touch(self, members: Mapping[str, Any] | None = None, revision: int = 0) -> None:
         """Called by every served request: renews in the background when due.
@@ -143,11 +154,6 @@ class Membership:
         (not registered yet, or refused): it serves, so it takes a share."""
         members = self.members() if members is None else members
         return len(members) + (0 if self.member_id in members else 1)
-
-    @property
-    def revision(self) -> int:
-        """The revision of the member list in force."""
-        return self.watcher.store.current.revision
 
     def lease_age(self) -> float | None:
         """Seconds since the lease was last granted or renewed (None: never)."""

@@ -246,10 +246,7 @@ class FleetRateLimit:
     def check(self, snapshot: Snapshot, path: str, client: str, consume: bool = True) -> RateLimitResult:
         """The decision for one request (consume=False: look without taking a token)."""
         membership = self.membership
-        listed = None
-        if membership is not None:
-            listed = membership.members()
-            membership.touch(listed, membership.revision)
+        listed = membership.serve() if membership is not None else None
         limit = self._rules(snapshot).limit_for(path, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST])
         members = self.members(snapshot, listed)
         decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=members, rule=limit.rule)

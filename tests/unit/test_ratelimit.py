@@ -254,3 +254,12 @@ def test_rules_with_the_same_prefix_resolve_by_name():
 
 def test_policy_header_item():
     assert Limit("jobs", 60, 10).policy() == "60;w=60;burst=10"
+
+
+def test_random_spread_over_four_processes_admits_the_limit_within_a_few_percent():
+    # The gateway's own limiter on a virtual clock (bench/ratelimit.py): a client at 3x the
+    # limit, each request to a random one of four processes, ten simulated minutes.
+    from bench.ratelimit import admitted_ratio
+
+    ratios = [admitted_ratio(4, process_share, True, 600.0, seed) for seed in range(3)]
+    assert all(0.95 <= r <= 1.05 for r in ratios), ratios
