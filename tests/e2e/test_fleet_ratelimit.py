@@ -17,7 +17,9 @@ from tools.function_server import FunctionServer
 
 pytestmark = pytest.mark.slow
 
-# Short leases, so a killed member drops out within seconds.
+# Short leases for the two-server tests, so a killed member drops out within seconds
+# (the single-server tests keep the default: a worker the balancer leaves idle for a
+# moment on a busy machine must not drop out in the middle of a count).
 TTL = 2
 
 
@@ -27,8 +29,8 @@ def fresh_get(url: str, **headers) -> requests.Response:
         return s.get(url, headers={"Connection": "close", **headers}, timeout=10)
 
 
-def start_server(etcd, tmp_path, name: str) -> FunctionServer:
-    env = {"ETCD_ENDPOINTS": etcd.endpoint, "INSTANCE_TTL_SECONDS": str(TTL)}
+def start_server(etcd, tmp_path, name: str, ttl: float = 15) -> FunctionServer:
+    env = {"ETCD_ENDPOINTS": etcd.endpoint, "INSTANCE_TTL_SECONDS": str(ttl)}
     return FunctionServer(env, workers=2, log_path=str(tmp_path / f"{name}.log")).start()
 
 
@@ -52,7 +54,9 @@ def wait_for_members(servers: list[FunctionServer], expected: int, timeout: floa
 
 
 def admitted(url: str, client: str, count: int, path: str = "/") -> int:
-    return sum(fresh_get(url + path, **{"X-Api-Key": client}).status_code == 200 for _ in range(count))
+    codes = [fresh_get(url + path, **{"X-Api-Key": client}).status_code for _ in range(count)]
+    print(f"{client}: {codes}")
+    return codes.count(200)
 
 
 @pytest.fixture
@@ -67,7 +71,7 @@ def server(etcd, tmp_path):
 def test_cluster_scope_holds_the_limit_across_two_workers(etcd, server):
     etcd.etcdctl("put", RATE_LIMIT, "6")
     wait_for_members([server], 2)
-    assert 5 <= admitted(server.url, "quick", 12) <= 7
+    assert 5 <= admitted(server.url, "quick", 24) <= 7
 
 
 def test_twelve_quick_requests_at_rate_limit_5_get_5_answers_of_200(etcd, server):
@@ -129,7 +133,7 @@ def two_servers(etcd, tmp_path):
     servers = []
     try:
         for name in ("gateway-a", "gateway-b"):
-            servers.append(start_server(etcd, tmp_path, name))
+            servers.append(start_server(etcd, tmp_path, name, ttl=TTL))
         yield servers
     finally:
         for srv in servers:
