@@ -468,7 +468,8 @@ class Bench:
                 if answer is None:
                     continue
                 status, headers, _ = answer
-                if status == 200 and (not gateway or int(headers.get("x-config-revision", 0)) == expect_revision):
+                # At or after: each gateway start registers its worker as a member (a write).
+                if status == 200 and (not gateway or int(headers.get("x-config-revision", 0)) >= expect_revision):
                     return now - srv.started_at, listening, early
                 early += 1
         finally:
