@@ -17,6 +17,9 @@ Four measurements, each beside a baseline measured in the same run:
    pool at the new size, and the skew between gateway and processor applying one txn.
 6. forwarding (bench/forwarding.py): POST /v1/jobs through the gateway vs straight to the
    processor, alternating on two keep-alive connections, idle and under load.
+7. rate limit across processes (bench/ratelimit.py): admitted / allowed for one client
+   at 3x the limit spread at random over N = 1, 2, 4 processes, for each sharing scheme
+   tried; and the etcd writes and lease renewals that 100 and 1,000 members cause.
 
 Every server is started the way production runs it (`python -m functions_framework`,
 gunicorn gthread) by tools.function_server.FunctionServer. The propagation servers run
@@ -34,7 +37,7 @@ Settings (flag, or environment variable; defaults meet the issue):
                                                 (propagation always runs WORKERS=1)
   --threads        BENCH_THREADS            8     gunicorn THREADS (framework default on 2 cores)
   --forward-requests BENCH_FORWARD_REQUESTS 1000  jobs sent each way (gateway, processor) per forwarding sample
-  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold,processor,forwarding
+  --only           BENCH_ONLY               all   comma list: propagation,load,throughput,cold,processor,forwarding,ratelimit
   --output         BENCH_OUTPUT             bench/RESULTS.md
 
 Exit status 0 when every figure was measured (a MISS is a result, not a failure),
@@ -79,7 +82,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HIGH = SCHEMA.spec_for(RATE_LIMIT).maximum
 # A change not visible this long after its put counts as lost.
 CHANGE_TIMEOUT = 5.0
-PHASES = ("propagation", "load", "throughput", "cold", "processor", "forwarding")
+PHASES = ("propagation", "load", "throughput", "cold", "processor", "forwarding", "ratelimit")
 
 
 class BenchError(RuntimeError):
@@ -437,6 +440,17 @@ class Bench:
                                       "cpu": {k: statistics.median(v) for k, v in cpu.items() if v},
                                       "util": {k: statistics.median(v) for k, v in util.items() if v}}
 
+    # --- 5: fleet-wide rate limit (bench/ratelimit.py) -------------------------------
+
+    def phase_ratelimit(self) -> None:
+        from bench import ratelimit
+
+        self.results["ratelimit"] = {
+            "accuracy": ratelimit.accuracy(),
+            "membership": [ratelimit.membership_cost(self.etcd.endpoint, self.etcd.client_url, n)
+                           for n in (100, 1000)],
+        }
+
     # --- 4: cold start --------------------------------------------------------------
 
     def cold_once(self, gateway: bool, expect_revision: int) -> tuple[float, float, int]:
@@ -466,7 +480,8 @@ class Bench:
                 if answer is None:
                     continue
                 status, headers, _ = answer
-                if status == 200 and (not gateway or int(headers.get("x-config-revision", 0)) == expect_revision):
+                # At or after: each gateway start registers its worker as a member (a write).
+                if status == 200 and (not gateway or int(headers.get("x-config-revision", 0)) >= expect_revision):
                     return now - srv.started_at, listening, early
                 early += 1
         finally:
@@ -582,6 +597,26 @@ def report(bench: Bench, started: datetime.datetime, wall: float) -> str:
         rows += more_rows
         details += more_details
 
+    rl = res.get("ratelimit")
+    if rl:
+        from bench import ratelimit
+
+        steady = ", ".join(f"{r['members']} members: {r['steady_proposals_per_second']:.2f} writes/s and "
+                           f"{r['steady_renewals_per_second']:.0f} lease renewals/s" for r in rl["membership"])
+        ours = rl["accuracy"][-1]["figures"]
+        rows.append((
+            "Rate limit across processes (one client at 3× the limit, random spread; `bench/ratelimit.py`)",
+            "admitted / allowed, 600 s: " + ", ".join(f"N={n} **{ours[(n, 600.0)][0]:.2f}**" for n in (1, 2, 4)),
+            "rate/N, burst/N: N=4 " + f"{rl['accuracy'][0]['figures'][(4, 600.0)][0]:.2f}",
+            f"30 s: N=4 {ours[(4, 30.0)][0]:.2f}",
+            "within ±15 %",
+            verdict(all(abs(ours[(n, 600.0)][0] - 1) <= 0.15 for n in (1, 2, 4))),
+        ))
+        details.append("- Rate limit, membership cost while steady: " + steady + " (joins: "
+                       f"{rl['membership'][0]['join_proposals_per_member']:.0f} writes per member)")
+        details += [""] + ratelimit.accuracy_lines(rl["accuracy"]) + [""] + ratelimit.membership_lines(
+            rl["membership"]) + [""]
+
     out = ["# Benchmark results (`make bench`)", ""]
     out.append("| Measurement | Result | Baseline (same run) | Ratio / diff | Target | |")
     out.append("|---|---|---|---|---|---|")
@@ -666,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 rounds=max(3, cfg.rounds // 2)).run()
                 elif phase == "forwarding":
                     bench.results["forwarding"] = ForwardingBench(bench, cfg.forward_requests).run()
+                elif phase == "ratelimit":
+                    bench.phase_ratelimit()
                 print(f"bench: {phase} done in {time.monotonic() - tp:.1f} s", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started is stopped", file=sys.stderr)

@@ -13,6 +13,7 @@ from ._schema import (
     EXPERIMENTS,
     FEATURES,
     GLOBAL_PREFIX,
+    INSTANCES,
     MAINTENANCE_MODE,
     RATE_LIMIT,
     RATE_LIMIT_BURST,
@@ -26,8 +27,10 @@ from ._schema import (
     RateRule,
     Schema,
     Variant,
+    instances_prefix,
     service_prefix,
 )
+from .membership import Membership, get_membership, reset_membership
 from .experiments import assign, assignments, experiments_header, variant_for
 from ._settings import Settings, SettingsError
 from ._snapshot import Snapshot, SnapshotStore
@@ -37,11 +40,12 @@ from ._watcher import ConfigWatcher
 __all__ = [
     "AuthError", "BREAKER_FAILURES", "BREAKER_HALF_OPEN_SUCCESSES", "BREAKER_OPEN_SECONDS", "Compacted",
     "ConfigRuntime", "ConfigUnavailable", "ConfigWatcher", "EXPERIMENTS", "EtcdClient", "EtcdError", "FEATURES",
-    "GLOBAL_PREFIX", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "RATE_LIMIT", "RATE_LIMITS", "RATE_LIMIT_BURST",
-    "RATE_LIMIT_SCOPE", "RateRule", "SCHEMA", "Schema", "Settings", "SettingsError", "Snapshot",
-    "SnapshotStore", "Status", "THREADS", "UPSTREAM_TIMEOUT_MS", "Unavailable", "Variant", "assign", "assignments",
-    "configure_logging", "experiments_header", "get_runtime", "reset_runtime", "service_prefix", "snapshot",
-    "status", "variant_for",
+    "GLOBAL_PREFIX", "INSTANCES", "InvalidValue", "KeySpec", "MAINTENANCE_MODE", "Membership", "RATE_LIMIT",
+    "RATE_LIMITS", "RATE_LIMIT_BURST", "RATE_LIMIT_SCOPE", "RateRule", "SCHEMA", "Schema", "Settings",
+    "SettingsError", "Snapshot", "SnapshotStore", "Status", "THREADS", "UPSTREAM_TIMEOUT_MS", "Unavailable",
+    "Variant", "assign", "assignments", "configure_logging", "experiments_header", "get_membership", "get_runtime",
+    "instances_prefix", "reset_membership", "reset_runtime", "service_prefix", "snapshot", "status",
+    "variant_for",
 ]
 
 

@@ -121,3 +121,61 @@ class JsonGatewayClient:
             return int(payload["header"]["revision"]), kvs
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # binascii.Error is a ValueError
             raise Unavailable(f"{self._cursor.current}: not an etcd range answer ({exc!r})") from None
+
+    # --- membership leases -------------------------------------------------------
+    # Unary POSTs on the JSON gateway, so registering and renewing from a request's
+    # helper thread never imports gRPC. Used by `config_watch.membership` only.
+
+    def _authorized_post(self, path: str, body: dict, timeout: float) -> dict:
+        for attempt in (1, 2):
+            if self._settings.username and self._token is None:
+                self._authenticate(timeout)
+            try:
+                return self._post(path, body, timeout)
+            except AuthError as exc:
+                # Simple auth tokens expire after 5 idle minutes: authenticate once more.
+                if attempt == 1 and "invalid auth token" in str(exc):
+                    self._token = None
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def lease_grant(self, ttl: int, timeout: float) -> tuple[int, int]:
+        """A new lease: (lease id, TTL granted in seconds)."""
+        payload = self._authorized_post("/v3/lease/grant", {"TTL": int(ttl)}, timeout)
+        if payload.get("error"):
+            raise EtcdError(f"lease grant refused: {payload['error']}")
+        try:
+            return int(payload["ID"]), int(payload.get("TTL", ttl))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Unavailable(f"not a lease grant answer ({exc!r})") from None
+
+    def lease_keepalive(self, lease_id: int, timeout: float) -> int:
+        """Renew a lease once: the TTL it now has, 0 if it no longer exists."""
+        payload = self._authorized_post("/v3/lease/keepalive", {"ID": str(lease_id)}, timeout)
+        # A streaming call through the gateway: one `{"result": ...}` (or `{"error": ...}`) line.
+        error = payload.get("error")
+        if error:
+            message = error.get("message", "") if isinstance(error, dict) else str(error)
+            code = error.get("grpc_code", error.get("code")) if isinstance(error, dict) else None
+            raise error_for_code(code if isinstance(code, int) else None, message, "lease keepalive")
+        result = payload.get("result", payload)
+        try:
+            return int(result.get("TTL", 0))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise Unavailable(f"not a lease keepalive answer ({exc!r})") from None
+
+    def put(self, key: str, value: str, timeout: float, lease: int = 0) -> int:
+        """Write `key` (bound to `lease` if given); the revision of the write."""
+        body = {"key": _b64(key.encode()), "value": _b64(value.encode())}
+        if lease:
+            body["lease"] = str(lease)
+        payload = self._authorized_post("/v3/kv/put", body, timeout)
+        try:
+            return int(payload["header"]["revision"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Unavailable(f"not a put answer ({exc!r})") from None
+
+    def lease_revoke(self, lease_id: int, timeout: float) -> None:
+        """End a lease now, deleting every key bound to it."""
+        self._authorized_post("/v3/lease/revoke", {"ID": str(lease_id)}, timeout)

@@ -31,6 +31,9 @@ _MAX_VARIANTS = 16
 _PREFIX_RE = re.compile(r"/[^\s,=]{0,255}")
 # Bounds of a rule's rate and burst, the same as the default limit's.
 _MAX_RATE = 1_000_000
+# A membership record is the service's own note about itself (host, pid, start time);
+# bounded so a thousand of them stay a small list.
+_MAX_MEMBER_CHARS = 1024
 
 
 class Variant(NamedTuple):
@@ -115,7 +118,8 @@ class KeySpec(NamedTuple):
     """One key (or, with `family=True`, every key under `path`)."""
 
     path: str
-    type: str  # "int", "bool", "enum" (one of `choices`), "split" (experiment) or "rule" (rate limit)
+    type: str  # "int", "bool", "enum" (one of `choices`), "split" (experiment), "rule" (rate limit)
+    #            or "member" (a service's lease-bound membership record, any text)
     description: str
     used_by: str
     default: int | bool | str | None = None
@@ -126,6 +130,9 @@ class KeySpec(NamedTuple):
     family: bool = False
     unit: str | None = None
     choices: tuple[str, ...] | None = None
+    # "operator" (the config key space) or "service": records a service writes about
+    # itself under a lease (membership), never set by hand.
+    written_by: str = "operator"
 
     def matches(self, key: str) -> bool:
         if self.family:
@@ -158,13 +165,17 @@ class KeySpec(NamedTuple):
             return parse_split(text)
         if self.type == "rule":
             return parse_rule(text)
+        if self.type == "member":
+            if len(text) > _MAX_MEMBER_CHARS:
+                raise InvalidValue(f"member record longer than {_MAX_MEMBER_CHARS} characters")
+            return text
         return _int_text(text, self.minimum, self.maximum)
 
     def format(self, value: Value) -> str:
         """The canonical text etcd holds for `value`."""
         if self.type == "bool":
             return "true" if value else "false"
-        if self.type == "enum":
+        if self.type in ("enum", "member"):
             return str(value)
         if self.type == "split":
             return ",".join(f"{v.name}:{v.weight}" for v in value)
@@ -186,6 +197,7 @@ class KeySpec(NamedTuple):
         if self.type in _FORMATS:
             out["format"] = _FORMATS[self.type]
         out["family"] = self.family
+        out["written_by"] = self.written_by
         out["used_by"] = self.used_by
         out["description"] = self.description
         return out
@@ -195,6 +207,7 @@ class KeySpec(NamedTuple):
 _FORMATS = {
     "split": "name:weight[,name:weight...]; names [a-z0-9-]{1,32}, integer weights 0..100 summing to 100",
     "rule": "prefix=/path,rate=N[,burst=N]; rate 0..1000000 requests/minute, burst 1..1000000 (default: rate)",
+    "member": f"any UTF-8 text up to {_MAX_MEMBER_CHARS} characters (the writer's own record), bound to a lease",
 }
 
 # How a client is put in an experiment's variant; every service (and every language)
@@ -221,6 +234,13 @@ BREAKER_OPEN_SECONDS = "/config/services/api-gateway/breaker/open-seconds"
 BREAKER_HALF_OPEN_SUCCESSES = "/config/services/api-gateway/breaker/half-open-successes"
 THREADS = "/config/services/data-processor/threads"
 MAINTENANCE_MODE = "/config/global/maintenance-mode"
+INSTANCES_ROOT = "/instances/"
+INSTANCES = "/instances/api-gateway/"
+
+
+def instances_prefix(service: str) -> str:
+    """Where the serving processes of `service` register (`/instances/<service>/<id>`)."""
+    return f"{INSTANCES_ROOT}{service}/"
 
 
 class Schema:
@@ -243,6 +263,11 @@ class Schema:
     def exact_keys_under(self, prefixes: Iterable[str]) -> list[KeySpec]:
         prefixes = tuple(prefixes)
         return [s for s in self._exact.values() if s.path.startswith(prefixes)]
+
+    def member_prefixes(self, service: str) -> list[str]:
+        """The membership families `service` watches (the gateway's: its live processes)."""
+        prefix = instances_prefix(service)
+        return [s.path for s in self._families if s.path == prefix and s.written_by == "service"]
 
     def families_under(self, prefixes: Iterable[str]) -> list[KeySpec]:
         prefixes = tuple(prefixes)
@@ -320,6 +345,12 @@ SCHEMA = Schema(
         KeySpec(
             THREADS, "int", "Worker threads of the data processor.",
             used_by="data-processor", default=4, minimum=1, maximum=256,
+        ),
+        KeySpec(
+            INSTANCES, "member",
+            "Live gateway processes, an open family written by the gateway itself under an etcd lease "
+            "(INSTANCE_TTL_SECONDS); their count N divides rate-limit in cluster scope.",
+            used_by="api-gateway", family=True, written_by="service",
         ),
         KeySpec(
             MAINTENANCE_MODE, "bool", "Global maintenance switch: services answer 503 with Retry-After.",

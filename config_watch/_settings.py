@@ -150,6 +150,9 @@ class Settings(NamedTuple):
     # /_status shows endpoint addresses and error text only when this is on: it is
     # exempt from rate limits and may be reachable by anyone who can call the function.
     status_details: bool = False
+    # Lease of a serving process's membership record (/instances/<service>/<id>):
+    # a process that stops serving drops out of the member count within this bound.
+    instance_ttl: float = 15.0
 
     def __repr__(self) -> str:
         shown = self._replace(password="***" if self.password else None)
@@ -202,4 +205,6 @@ class Settings(NamedTuple):
             max_clients=_int(env, "RATE_LIMIT_MAX_CLIENTS", default["max_clients"], minimum=1),
             log_level=(env.get("LOG_LEVEL") or default["log_level"]).upper(),
             status_details=_bool(env, "STATUS_DETAILS", default["status_details"]),
+            # etcd grants leases in whole seconds, and refuses TTLs below its minimum.
+            instance_ttl=_float(env, "INSTANCE_TTL_SECONDS", default["instance_ttl"], minimum=2.0),
         )

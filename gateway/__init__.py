@@ -6,6 +6,7 @@ are one module each; identity says who a request is; settings are the deployment
 
 from .identity import client_identity
 from .pipeline import handle
-from .ratelimit import Decision, RateLimiter
+from .ratelimit import Decision, FleetRateLimit, Limit, RateLimiter, RateLimitResult, RuleTable
 
-__all__ = ["Decision", "RateLimiter", "client_identity", "handle"]
+__all__ = ["Decision", "FleetRateLimit", "Limit", "RateLimitResult", "RateLimiter", "RuleTable", "client_identity",
+           "handle"]

@@ -54,6 +54,7 @@ def reset() -> None:
 
 def status(runtime) -> flask.Response:
     body = runtime.status_json()  # addresses and error text only with STATUS_DETAILS=true
+    body["rate_limit"] = limits.status(runtime)
     try:
         body["upstream"] = forwarder().status(runtime.watcher.store.current, runtime.settings.status_details)
     except SettingsError as exc:
@@ -87,13 +88,13 @@ def handle(request: flask.Request) -> flask.Response:
         headers[experiments.HEADER] = variants
 
     if maintenance.active(snapshot):
-        headers.update(limits.headers(limits.check(runtime, snapshot, client, path, consume=False)))
+        headers.update(limits.check(runtime, snapshot, client, path, consume=False).headers())
         return maintenance.refusal(snapshot, headers)
 
-    decision = limits.check(runtime, snapshot, client, path)
-    headers.update(limits.headers(decision))
-    if not decision.allowed:
-        return limits.refusal(decision, headers)
+    limited = limits.check(runtime, snapshot, client, path)
+    headers.update(limited.headers())
+    if not limited.decision.allowed:
+        return limits.refusal(limited, headers)
 
     if path.startswith(FORWARDED_PREFIX):
         try:

@@ -19,13 +19,15 @@ PREFIXES = [service_prefix("api-gateway"), GLOBAL_PREFIX]
 
 @pytest.fixture(autouse=True)
 def _clean_globals():
-    """Every test starts with no runtime, no gateway state (breaker, buckets, upstream pool),
-    and leaves os.environ as it found it."""
+    """Every test starts with no runtime, membership or gateway state (breaker, buckets,
+    upstream pool), and leaves os.environ as it found it."""
     saved = dict(os.environ)
     config_watch.reset_runtime()
+    config_watch.reset_membership()
     pipeline.reset()
     yield
     config_watch.reset_runtime()
+    config_watch.reset_membership()
     pipeline.reset()
     os.environ.clear()
     os.environ.update(saved)

@@ -38,7 +38,7 @@ def test_key_table_matches_schema():
 
 def test_settings_table_lists_every_setting_the_code_reads():
     code = (ROOT / "config_watch" / "_settings.py").read_text()
-    read = set(re.findall(r'"((?:ETCD|CONFIG|TRUSTED|RATE_LIMIT|LOG|STATUS)_[A-Z_]+)"', code))
+    read = set(re.findall(r'"((?:ETCD|CONFIG|TRUSTED|RATE_LIMIT|INSTANCE|LOG|STATUS)_[A-Z_]+)"', code))
     gateway = (ROOT / "gateway" / "settings.py").read_text()
     read |= set(re.findall(r'env(?:\.get\(|, )"([A-Z][A-Z_]+)"', gateway))
     documented = set()

@@ -90,6 +90,14 @@ ctl role grant-permission "$OPERATOR_ROLE" readwrite /audit/ --prefix=true >/dev
 ensure_user "$GATEWAY_USER" "$ETCD_GATEWAY_PASSWORD" "$READER_ROLE"
 ensure_user "$OPERATOR_USER" "$ETCD_OPERATOR_PASSWORD" "$OPERATOR_ROLE"
 
+# Each serving gateway process registers itself (a lease-bound record, for the fleet-wide
+# rate limit) under its service's prefix: the function may write there and nowhere else.
+MEMBER_ROLE=gateway-member
+INSTANCES_PREFIX=/instances/api-gateway/
+ensure_role "$MEMBER_ROLE"
+ctl role grant-permission "$MEMBER_ROLE" readwrite "$INSTANCES_PREFIX" --prefix=true >/dev/null
+ensure_user "$GATEWAY_USER" "$ETCD_GATEWAY_PASSWORD" "$MEMBER_ROLE"
+
 # The data processor reads exactly what its watcher reads: one key range from
 # <prefix>global/ to the end of <prefix>services/data-processor/ (one range, so one
 # watch delivers a transaction over both prefixes whole; README.md, "Deploy").

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +191,27 @@ def test_operator_tool_writes_audited_changes_only_operators_can_touch_the_trail
     assert value.stdout.strip() == "222"
 
 
+@pytest.mark.parametrize("auth", ["password", "certificate"])
+def test_gateway_writes_its_membership_records_and_nothing_else(cluster, auth):
+    creds = {"user": "gateway", "password": PASSWORDS["ETCD_GATEWAY_PASSWORD"]} if auth == "password" else {}
+    granted = cluster.etcdctl("gateway", "lease", "grant", "10", **creds)
+    assert granted.returncode == 0, granted.stderr
+    lease = granted.stdout.split()[1]  # "lease 694d... granted with TTL(10s)"
+    member = f"/instances/api-gateway/test-{auth}"
+    put = cluster.etcdctl("gateway", "put", member, "{}", f"--lease={lease}", **creds)
+    assert put.returncode == 0, put.stderr
+    keepalive = cluster.etcdctl("gateway", "lease", "keep-alive", "--once", lease, **creds)
+    assert keepalive.returncode == 0, keepalive.stderr
+    listed = cluster.etcdctl("gateway", "get", "/instances/api-gateway/", "--prefix", "--keys-only", **creds)
+    assert member in listed.stdout, listed.stderr
+    for key in ("/instances/data-processor/x", "/instances/api-gateway", "/config/global/maintenance-mode"):
+        write = cluster.etcdctl("gateway", "put", key, "x", **creds)
+        assert write.returncode != 0 and "permission denied" in write.stderr, key
+    revoked = cluster.etcdctl("gateway", "lease", "revoke", lease, **creds)
+    assert revoked.returncode == 0, revoked.stderr
+    assert member not in cluster.etcdctl("root", "get", member).stdout
+
+
 def test_wrong_password_is_rejected(cluster):
     read = cluster.etcdctl("gateway", "get", KEY, user="gateway", password="wrong")
     assert read.returncode != 0
@@ -243,6 +265,12 @@ def test_the_function_reads_its_config_from_the_vm_etcd_and_cannot_write(cluster
         response = requests.get(fn.url + "/", timeout=10)
         assert response.status_code == 200 and response.headers["RateLimit-Limit"] == "321"
         assert requests.get(fn.url + "/_status", timeout=10).json()["synced"] is True
+        # It registered itself as a member of the fleet, with its own credentials.
+        deadline = time.monotonic() + 10
+        while not (membership := requests.get(fn.url + "/_status", timeout=10).json()["rate_limit"])["registered"]:
+            assert time.monotonic() < deadline, membership
+            time.sleep(0.05)
+        assert membership["key"] in cluster.etcdctl("root", "get", "/instances/api-gateway/", "--prefix").stdout
     client = EtcdClient(Settings.from_env(env))
     try:
         with pytest.raises(AuthError, match="permission denied"):

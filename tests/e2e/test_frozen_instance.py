@@ -91,7 +91,10 @@ def test_resume_with_etcd_unreachable_serves_last_good_and_says_stale(frozen_set
     etcd, proxy, server = frozen_setup
     session = FreshConnections()
     assert session.get(server.url + "/").headers["RateLimit-Limit"] == "200"
-    revision = etcd.revision()
+    # The first request also registered this worker as a member: a write to etcd, which
+    # a later check may report as the revision it read; let it land before noting it.
+    wait_until(lambda: session.get(server.url + "/_status").json()["rate_limit"]["registered"], 10)
+    revision = int(session.get(server.url + "/").headers["X-Config-Revision"])
 
     def cut_off():
         proxy.cut()

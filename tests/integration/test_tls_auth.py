@@ -148,3 +148,18 @@ def test_missing_certificate_file_is_a_settings_error(secure_etcd, monkeypatch, 
         response = client.get(path)
         assert response.status_code == 503, path
         assert "ETCD_CERT" in response.json["error"] and "absent.pem" in response.json["error"]
+
+
+def test_a_role_without_membership_rights_leaves_the_gateway_serving(secure_etcd, monkeypatch, caplog):
+    """This fixture's role reads /config/ only (no gateway-member role): registration is
+    refused, the configuration and the requests are not affected."""
+    server, tls = secure_etcd
+    client = client_for(gateway_env(server, tls, STATUS_DETAILS="true"), monkeypatch)
+    for _ in range(3):
+        response = client.get("/", headers={"X-Api-Key": "a"})
+        assert response.status_code == 200 and response.headers["RateLimit-Limit"] == "61"
+    status = wait_until(lambda: (s := client.get("/_status").json["rate_limit"])["last_error"] and s, 10)
+    assert "permission denied" in status["last_error"]
+    assert status["registered"] is False and status["members"] == 1
+    assert client.get("/_status").json["synced"] is True
+    assert any("membership registration or renewal failed" in r.getMessage() for r in caplog.records)

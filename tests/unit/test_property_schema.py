@@ -50,6 +50,8 @@ def within_spec(spec, value) -> bool:
                 and all(0 <= v.weight <= 100 for v in value))
     if spec.type == "rule":
         return value.prefix.startswith("/") and 0 <= value.rate and 1 <= value.burst
+    if spec.type == "member":
+        return type(value) is str and len(value) <= 1024
     if type(value) is not int:
         return False
     return (spec.minimum is None or value >= spec.minimum) and (spec.maximum is None or value <= spec.maximum)
@@ -92,6 +94,8 @@ def valid_values(spec):
         return splits()
     if spec.type == "rule":
         return rules
+    if spec.type == "member":
+        return st.text(max_size=200).map(str.strip)  # values are read stripped
     return st.integers(min_value=spec.minimum, max_value=spec.maximum)
 
 

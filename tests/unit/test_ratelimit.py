@@ -1,10 +1,12 @@
-"""Token buckets per client, with an injected clock."""
+"""Token buckets per client and rule, split between processes, with an injected clock."""
 
 from __future__ import annotations
 
 import pytest
 
+from config_watch import RateRule
 from gateway import RateLimiter
+from gateway.ratelimit import SLACK_TOKENS, Limit, RuleTable, path_under, process_share
 
 
 class FakeClock:
@@ -28,10 +30,10 @@ def limiter(clock):
     return RateLimiter(max_clients=1000, clock=clock)
 
 
-def drain(limiter: RateLimiter, client: str, rate: int, burst: int) -> int:
+def drain(limiter: RateLimiter, client: str, rate: int, burst: int, members: int = 1) -> int:
     """Requests allowed back to back before the first refusal."""
     allowed = 0
-    while limiter.check(client, rate, burst).allowed:
+    while limiter.check(client, rate, burst, members=members).allowed:
         allowed += 1
         assert allowed <= burst, "more requests allowed than the burst"
     return allowed
@@ -149,3 +151,115 @@ def test_table_evicts_the_least_recently_used_client_past_max_clients(clock):
     assert not limiter.check("a", 60, 1).allowed  # a kept its empty bucket
     assert not limiter.check("d", 60, 1).allowed
     assert len(limiter) == 3
+
+
+# --- the limit split between processes (cluster scope) -----------------------------
+
+
+@pytest.fixture
+def split_limiter(clock):
+    # No random part in a new bucket's first fill: the arithmetic is checked exactly.
+    return RateLimiter(max_clients=1000, clock=clock, rounding=lambda: 0.0)
+
+
+def test_one_process_holds_the_whole_limit():
+    assert process_share(60, 10, 1) == (1.0, 10.0, 10.0)
+
+
+def test_a_split_limit_refills_at_rate_over_n_with_burst_over_n_plus_slack():
+    share = process_share(120, 10, 4)
+    assert share.per_second == pytest.approx(0.5)  # 120/min / 60 / 4
+    assert share.capacity == pytest.approx(2.5 + SLACK_TOKENS)
+    assert share.initial == pytest.approx(2.5)
+
+
+def test_a_split_share_is_never_below_one_token():
+    share = process_share(60, 5, 1000)
+    assert share.initial == 1.0 and share.capacity == 1.0 + SLACK_TOKENS
+
+
+def test_a_new_client_gets_its_share_of_the_burst_in_one_process(split_limiter):
+    assert drain(split_limiter, "a", rate=60, burst=6, members=2) == 3
+
+
+def test_the_random_part_of_a_first_fill_rounds_a_fractional_share(clock):
+    # A share of 2.5 tokens admits 2 or 3, 2.5 on average, never more than the capacity.
+    low = RateLimiter(clock=clock, rounding=lambda: 0.49)
+    high = RateLimiter(clock=clock, rounding=lambda: 0.5)
+    assert drain(low, "a", rate=60, burst=5, members=2) == 2
+    assert drain(high, "a", rate=60, burst=5, members=2) == 3
+
+
+def test_a_split_bucket_refills_at_its_share_of_the_rate(split_limiter, clock):
+    drain(split_limiter, "a", rate=120, burst=4, members=4)  # 0.5 token/s in this process
+    clock.advance(1.9)
+    assert not split_limiter.check("a", 120, 4, members=4).allowed
+    clock.advance(0.2)
+    assert split_limiter.check("a", 120, 4, members=4).allowed
+
+
+def test_a_change_of_n_keeps_the_fill_ratio(split_limiter):
+    split_limiter.check("a", 60, 10, members=2)  # share 5 (capacity 6): 4 tokens left
+    # Four members now: capacity 2.5 + 1 = 3.5; 4/6 of it is 2.33 tokens: two requests.
+    assert drain(split_limiter, "a", rate=60, burst=10, members=4) == 2
+
+
+def test_a_scope_change_to_process_keeps_the_fill_ratio(split_limiter):
+    for _ in range(3):
+        split_limiter.check("a", 60, 10, members=2)  # 2 of capacity 6 left: a third full
+    # Process scope: capacity 10, a third full = 3.33 tokens.
+    assert drain(split_limiter, "a", rate=60, burst=10, members=1) == 3
+
+
+def test_a_burst_change_without_a_change_of_n_clamps_instead_of_scaling(split_limiter):
+    split_limiter.check("a", 60, 100, members=1)  # 99 tokens
+    assert drain(split_limiter, "a", rate=60, burst=3, members=1) == 3
+
+
+def test_headers_state_the_configured_limit_not_the_share(split_limiter):
+    decision = split_limiter.check("a", 60, 10, members=4)
+    assert decision.limit == 60
+    # 1.5 of 3.5 tokens left: the same fill ratio in the configured burst's terms.
+    assert decision.remaining == 4
+
+
+def test_each_rule_has_its_own_buckets(split_limiter):
+    drain(split_limiter, "a", rate=60, burst=2)
+    assert split_limiter.check("a", 60, 2, rule="jobs").allowed
+
+
+# --- rules -------------------------------------------------------------------------
+
+
+def test_longest_matching_prefix_wins():
+    table = RuleTable({"v1": RateRule("/v1", 100, 10), "jobs": RateRule("/v1/jobs", 60, 5),
+                       "job": RateRule("/v1/jobs/x", 6, 1)})
+    assert table.limit_for("/v1/jobs/7", 1, 1) == Limit("jobs", 60, 5)
+    assert table.limit_for("/v1/jobs/x/1", 1, 1) == Limit("job", 6, 1)
+    assert table.limit_for("/v1/users", 1, 1) == Limit("v1", 100, 10)
+    assert table.limit_for("/v2", 30, 3) == Limit("", 30, 3)
+
+
+def test_a_prefix_matches_whole_path_segments():
+    assert path_under("/v1/jobs", "/v1/jobs") and path_under("/v1/jobs/7", "/v1/jobs")
+    assert not path_under("/v1/jobsearch", "/v1/jobs")
+    assert path_under("/v1/jobs/7", "/v1/") and not path_under("/v1", "/v1/")
+    assert path_under("/anything", "/")
+
+
+def test_rules_with_the_same_prefix_resolve_by_name():
+    table = RuleTable({"b": RateRule("/x", 2, 2), "a": RateRule("/x", 1, 1)})
+    assert table.limit_for("/x", 9, 9).rule == "a"
+
+
+def test_policy_header_item():
+    assert Limit("jobs", 60, 10).policy() == "60;w=60;burst=10"
+
+
+def test_random_spread_over_four_processes_admits_the_limit_within_a_few_percent():
+    # The gateway's own limiter on a virtual clock (bench/ratelimit.py): a client at 3x the
+    # limit, each request to a random one of four processes, ten simulated minutes.
+    from bench.ratelimit import admitted_ratio
+
+    ratios = [admitted_ratio(4, process_share, True, 600.0, seed) for seed in range(3)]
+    assert all(0.95 <= r <= 1.05 for r in ratios), ratios

@@ -251,3 +251,23 @@ def test_rule_parses_with_and_without_burst():
 def test_bad_rules_are_rejected_with_the_reason(raw, reason):
     with pytest.raises(InvalidValue, match=reason):
         spec(RATE_LIMITS + "jobs").parse(raw)
+
+
+def test_member_records_are_any_text_within_a_bound_and_written_by_the_service():
+    from config_watch import INSTANCES, SCHEMA, InvalidValue
+
+    spec = SCHEMA.spec_for(INSTANCES + "vm-12-ab")
+    assert spec.type == "member" and spec.written_by == "service" and spec.family
+    assert spec.parse(b' {"pid": 12} ') == '{"pid": 12}'
+    with pytest.raises(InvalidValue):
+        spec.parse(b"x" * 1025)
+    assert SCHEMA.spec_for(INSTANCES + "a/b") is None  # one level only
+    assert spec.to_json()["written_by"] == "service"
+    assert SCHEMA.spec_for("/config/services/api-gateway/rate-limit").to_json()["written_by"] == "operator"
+
+
+def test_only_the_gateway_keeps_a_membership():
+    from config_watch import INSTANCES, SCHEMA
+
+    assert SCHEMA.member_prefixes("api-gateway") == [INSTANCES]
+    assert SCHEMA.member_prefixes("data-processor") == []

@@ -1,0 +1,147 @@
+"""A process's lease-bound membership record against a real etcd: registration,
+renewal driven by requests but never run on them, expiry, and failures that leave
+the service serving."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import time
+
+import pytest
+
+from config_watch import INSTANCES, Membership
+from tests.conftest import fast_settings
+from tests.support import wait_until
+
+TTL = 2  # etcd's smallest lease with its default election timeout
+
+
+@pytest.fixture
+def make_member():
+    made: list[Membership] = []
+
+    def make(endpoints: str, watch: bool = True, **overrides) -> Membership:
+        settings = fast_settings(endpoints, INSTANCE_TTL_SECONDS=TTL, **overrides)
+        member = Membership(settings, "api-gateway", watch=watch).start()
+        made.append(member)
+        return member
+
+    yield make
+    for member in made:
+        member.close()
+
+
+def members_in_etcd(etcd) -> dict[str, dict]:
+    out = etcd.etcdctl("get", "--prefix", INSTANCES, "-w", "json")
+    kvs = json.loads(out).get("kvs", [])
+    return {base64.b64decode(kv["key"]).decode(): kv for kv in kvs}
+
+
+def test_first_touch_registers_a_lease_bound_record(etcd, make_member):
+    member = make_member(etcd.endpoint)
+    member.touch()
+    record = wait_until(lambda: members_in_etcd(etcd).get(member.key), 10, message="record written")
+    assert record.get("lease"), "the record must be bound to a lease"
+    ttl = json.loads(etcd.etcdctl("lease", "timetolive", format(int(record["lease"]), "x"), "-w", "json"))
+    assert 0 < ttl["granted-ttl"] <= TTL + 1
+    wait_until(lambda: member.count() == 1 and member.member_id in member.members(), 10,
+               message="the watcher lists this member")
+    assert member.status()["registered"]
+
+
+def test_touch_never_waits_for_etcd(make_member):
+    # An endpoint that accepts connections and never answers: every call hangs to its deadline.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        member = make_member(f"127.0.0.1:{silent.getsockname()[1]}", watch=False, ETCD_REQUEST_TIMEOUT_SECONDS=1)
+        slowest = 0.0
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            member.touch()
+            slowest = max(slowest, time.perf_counter() - started)
+            time.sleep(0.002)
+        assert member.counters["failures"] >= 1, "the helper did try, and waited out its deadline"
+        assert slowest < 0.05, f"touch took {slowest * 1000:.1f} ms with etcd silent"
+
+
+def test_requests_keep_the_lease_alive_and_silence_lets_it_lapse(etcd, make_member):
+    member = make_member(etcd.endpoint)
+    deadline = time.monotonic() + 3 * TTL
+    while time.monotonic() < deadline:  # a request every 50 ms for three TTLs
+        member.touch()
+        time.sleep(0.05)
+    assert member.key in members_in_etcd(etcd)
+    assert member.counters["registrations"] == 1 and member.counters["renewals"] >= 3
+    started = time.monotonic()
+    wait_until(lambda: member.key not in members_in_etcd(etcd), 3 * TTL, message="record lapsed")
+    assert time.monotonic() - started <= TTL + 1.5
+    wait_until(lambda: member.member_id not in member.members(), 5, message="the watch saw it go")
+
+
+def test_a_lease_that_lapsed_during_a_freeze_is_taken_out_again(etcd, make_member):
+    member = make_member(etcd.endpoint)
+    member.touch()
+    record = wait_until(lambda: members_in_etcd(etcd).get(member.key), 10)
+    # What a frozen CPU amounts to: the lease ran out while nothing was renewed.
+    etcd.etcdctl("lease", "revoke", format(int(record["lease"]), "x"))
+    assert member.key not in members_in_etcd(etcd)
+    member._due_at = 0.0  # the next request finds the renewal due
+    member.touch()
+    wait_until(lambda: member.key in members_in_etcd(etcd), 10, message="registered again")
+    assert member.counters["registrations"] == 2
+
+
+def test_a_record_deleted_by_hand_is_written_again(etcd, make_member):
+    member = make_member(etcd.endpoint)
+    member.touch()
+    wait_until(lambda: member.member_id in member.members(), 10)
+    etcd.etcdctl("del", member.key)
+    wait_until(lambda: member.member_id not in member.members(), 10, message="the watch saw the delete")
+
+    def rewritten():
+        member.serve()
+        return member.key in members_in_etcd(etcd)
+
+    wait_until(rewritten, 10, message="record written again")
+    assert member.counters["registrations"] == 1  # the lease lived on
+
+
+def test_other_members_count_and_a_member_that_stops_drops_out(etcd, make_member):
+    a, b, c = (make_member(etcd.endpoint) for _ in range(3))
+    for m in (a, b, c):
+        m.touch()
+    wait_until(lambda: a.count() == 3, 10, message="three members")
+    deadline = time.monotonic() + 4 * TTL
+    while time.monotonic() < deadline and a.count() != 2:  # c serves nothing more
+        a.touch()
+        b.touch()
+        time.sleep(0.05)
+    assert a.count() == 2 and c.member_id not in a.members()
+
+
+def test_etcd_down_leaves_the_count_serving_and_logs_a_warning(etcd, make_member, caplog):
+    caplog.set_level(logging.WARNING, logger="config_watch.membership")
+    member = make_member(etcd.endpoint)
+    member.touch()
+    wait_until(lambda: member.count() == 1 and member.member_id in member.members(), 10)
+    other = make_member(etcd.endpoint)
+    other.touch()
+    wait_until(lambda: member.count() == 2, 10, message="two members")
+    etcd.stop()
+    try:
+        deadline = time.monotonic() + 2 * TTL
+        while time.monotonic() < deadline:
+            member.touch()
+            assert member.count() == 2  # the last known N
+            time.sleep(0.05)
+        wait_until(lambda: member.last_error, 10, message="renewal failure recorded")
+        assert any("membership registration or renewal failed" in r.getMessage() for r in caplog.records)
+    finally:
+        etcd.start()
+    wait_until(lambda: (member.touch(), member.last_error is None and member.key in members_in_etcd(etcd))[1],
+               20, interval=0.1, message="registered again once etcd is back")
