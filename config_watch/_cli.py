@@ -41,6 +41,9 @@ def _spec(key: str) -> KeySpec:
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise refused(f"{key} is not in the schema; {hint}(`python -m config_watch schema` lists the keys); nothing written")
+    if spec.written_by != "operator":
+        raise refused(f"{key} is written by the services themselves ({spec.description.split('.')[0].lower()}), "
+                      "not by operators; nothing written")
     return spec
 
 

@@ -114,7 +114,7 @@ class ConfigWatcher:
         self.failure: Failure | None = None
         self.endpoint: str | None = None
         self.counters = {"relists": 0, "reconnects": 0, "rejected": 0, "checks": 0, "check_catchups": 0,
-                         "restores": 0}
+                         "restores": 0, "below_snapshot": 0}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -170,6 +170,7 @@ class ConfigWatcher:
                     self._source.close()
             except _BelowSnapshot as below:
                 self.connected = False
+                self.counters["below_snapshot"] += 1  # each costs one confirming relist
                 self._need_relist = True
                 self._verify_pending = True
                 log.warning("watch answered below the snapshot's revision; relisting to tell a restore "

@@ -93,6 +93,7 @@ resource "google_project_iam_member" "processor_log_writer" {
 }
 
 resource "google_compute_instance" "processor" {
+  #checkov:skip=CKV_GCP_38:Google-managed encryption at rest; a customer-supplied boot disk key must be sent with every start, which breaks automatic restart.
   name                      = var.processor_instance_name
   zone                      = local.zone
   machine_type              = var.processor_machine_type

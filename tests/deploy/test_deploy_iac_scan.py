@@ -16,6 +16,7 @@ from deploy_support import REPO, TERRAFORM
 EXPECTED_SKIPS = {
     ("CKV_GCP_37", "google_compute_disk.etcd_data[0]"),  # customer-supplied disk keys
     ("CKV_GCP_38", "google_compute_instance.etcd[0]"),  # customer-supplied boot disk key
+    ("CKV_GCP_38", "google_compute_instance.processor"),  # the same, for the processor VM
     ("CKV_GCP_62", "google_storage_bucket.source"),  # bucket usage logs
     ("CKV_GCP_62", "google_storage_bucket.etcd_backups"),
     ("CKV_GCP_124", "google_cloudfunctions2_function.gateway"),  # public ingress

@@ -321,7 +321,7 @@ def test_installed_release_serves_from_etcd_with_its_user(vm, tmp_path):
     try:
         server.start(timeout=30)
         status = server.status()
-        assert status["synced"] and status["last_error"] is None
+        assert status["synced"] and status["error_kind"] is None
         assert status["pool"]["threads"] == 3
         url = server.url + "/v1/jobs"
         assert requests.post(url, data=b"x", timeout=10).status_code == 401

@@ -359,15 +359,16 @@ def test_cluster_size_is_one_or_three():
     assert size["default"] == 1
     (validation,) = size["validation"]
     assert validation["condition"] == "${contains([1, 3], var.etcd_cluster_size)}"
-    for rtype in ("google_compute_instance", "google_compute_disk", "google_compute_address"):
-        assert only(rtype)["count"] == "${var.etcd_cluster_size}", rtype
+    for rtype, name in (("google_compute_instance", "etcd"), ("google_compute_disk", "etcd_data"),
+                        ("google_compute_address", "etcd")):
+        assert RESOURCES[rtype][name]["count"] == "${var.etcd_cluster_size}", rtype
 
 
 def test_members_spread_over_zones_and_the_single_vm_keeps_its_name_and_state():
     zones = TF["locals"]["etcd_zones"]
     assert zones.startswith("${var.etcd_cluster_size == 1 ? [local.zone]")
     assert "data.google_compute_zones.available" in zones
-    assert "precondition" in str(only("google_compute_instance")["lifecycle"])
+    assert "precondition" in str(RESOURCES["google_compute_instance"]["etcd"]["lifecycle"])
     names = TF["locals"]["etcd_member_names"]
     assert "[var.etcd_instance_name]" in names and '"${var.etcd_instance_name}-${i}"' in names
     moved = {(m["from"], m["to"]) for m in TF.get("moved", [])}

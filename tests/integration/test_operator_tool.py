@@ -220,7 +220,8 @@ def test_a_reason_is_required_when_configured(cli, client):
 EXAMPLE_VALUES = {"bool": "true", "int": "1", "split": "control:90,treatment:10", "rule": "prefix=/v1,rate=60"}
 
 
-@pytest.mark.parametrize("family", [s for s in SCHEMA.specs if s.family], ids=lambda s: s.path)
+@pytest.mark.parametrize("family", [s for s in SCHEMA.specs if s.family and s.written_by == "operator"],
+                         ids=lambda s: s.path)
 def test_a_new_name_in_an_open_family_needs_create(cli, client, family):
     good = family.format(family.default) if family.default is not None else EXAMPLE_VALUES[family.type]
     assert cli("set", family.path + "checkout-redesign", good, "--create").status == 0
@@ -229,6 +230,13 @@ def test_a_new_name_in_an_open_family_needs_create(cli, client, family):
     assert_refused(result, 2, "does not exist yet", "closest existing: checkout-redesign", "--create")
     assert revision(client) == before and value(client, family.path + "checkout-redesgin") is None
     assert cli("set", family.path + "checkout-redesign", good).status == 0  # existing: no --create needed
+
+
+def test_keys_the_services_write_are_refused(cli, client):
+    before = revision(client)
+    member = next(s for s in SCHEMA.specs if s.written_by == "service").path + "gateway-1"
+    assert_refused(cli("set", member, "{}", "--create"), 2, "written by the services themselves", "nothing written")
+    assert revision(client) == before and value(client, member) is None
 
 
 def test_unknown_keys_and_bad_values_are_refused_before_etcd(cli, client):
