@@ -42,7 +42,7 @@ def _spec(key: str) -> KeySpec:
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise refused(f"{key} is not in the schema; {hint}(`python -m config_watch schema` lists the keys); nothing written")
     if spec.written_by != "operator":
-        raise refused(f"{key} is written by the services themselves ({spec.description.split('.')[0].lower()}), "
+        raise refused(f"{key} is written by the services themselves ({spec.used_by}, under a lease), "
                       "not by operators; nothing written")
     return spec
 
