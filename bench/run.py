@@ -67,7 +67,7 @@ from pathlib import Path
 
 from bench.clients import Poller, WatchRecorder, request_on, try_connect
 from bench.forwarding import ForwardingBench, report as forwarding_report
-from bench.processor import ProcessorBench, report as processor_report
+from bench.processor import ProcessorBench, applied_times, report as processor_report
 from config_watch import RATE_LIMIT, RATE_LIMIT_BURST
 from config_watch._etcd import EtcdClient
 from config_watch._schema import SCHEMA
@@ -123,23 +123,11 @@ def applied_latencies(log_path: str, put_wall: dict[int, float]) -> list[float]:
     The gateway's JSON log lines carry a wall-clock time to the millisecond, so these
     are ±1 ms; they tell the watcher's share of a propagation time from the polling's.
     """
-    out = []
     try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if '"applied revision' not in line:
-                    continue
-                try:
-                    entry = json.loads(line)
-                    revision = int(entry["revision"])
-                    when = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if revision in put_wall:
-                    out.append(when.replace(tzinfo=datetime.timezone.utc).timestamp() - put_wall[revision])
+        applied = applied_times(log_path)
     except OSError:
-        pass
-    return out
+        return []
+    return [when - put_wall[revision] for revision, when in applied.items() if revision in put_wall]
 
 
 # --- settings -------------------------------------------------------------------------
