@@ -34,6 +34,10 @@ named beside it, else from the default.
   --cert-secret SECRET[:VER]      ETCD_CERT_SECRET      default: etcd-config-gateway-cert
   --key-secret SECRET[:VER]       ETCD_KEY_SECRET       default: etcd-config-gateway-key
   --password-secret SECRET[:VER]  ETCD_PASSWORD_SECRET  default: etcd-config-gateway-password
+  --processor-url URL        PROCESSOR_URL        where /v1/ is forwarded (terraform output processor_url);
+                                                  unset: not set, and /v1/ calls answer 502
+  --processor-token-secret SECRET[:VER]  PROCESSOR_TOKEN_SECRET  default: data-processor-token
+                                                  (sent as PROCESSOR_TOKEN; only with a processor URL)
   --initial-wait SECONDS     CONFIG_INITIAL_WAIT_SECONDS  default: unset (the function's own)
   --staleness SECONDS        CONFIG_STALENESS_SECONDS     default: unset (the function's own)
   --log-level LEVEL          LOG_LEVEL            DEBUG | INFO (default) | WARNING | ERROR
@@ -76,6 +80,8 @@ ETCD_CA_SECRET="${ETCD_CA_SECRET:-etcd-config-ca-cert}"
 ETCD_CERT_SECRET="${ETCD_CERT_SECRET:-etcd-config-gateway-cert}"
 ETCD_KEY_SECRET="${ETCD_KEY_SECRET:-etcd-config-gateway-key}"
 ETCD_PASSWORD_SECRET="${ETCD_PASSWORD_SECRET:-etcd-config-gateway-password}"
+PROCESSOR_URL="${PROCESSOR_URL:-}"
+PROCESSOR_TOKEN_SECRET="${PROCESSOR_TOKEN_SECRET:-data-processor-token}"
 CONFIG_INITIAL_WAIT_SECONDS="${CONFIG_INITIAL_WAIT_SECONDS:-}"
 CONFIG_STALENESS_SECONDS="${CONFIG_STALENESS_SECONDS:-}"
 LOG_LEVEL="${LOG_LEVEL:-INFO}"
@@ -122,6 +128,8 @@ while [ "$#" -gt 0 ]; do
     --cert-secret) need_value "$1" "$#"; ETCD_CERT_SECRET="$2" ;;
     --key-secret) need_value "$1" "$#"; ETCD_KEY_SECRET="$2" ;;
     --password-secret) need_value "$1" "$#"; ETCD_PASSWORD_SECRET="$2" ;;
+    --processor-url) need_value "$1" "$#"; PROCESSOR_URL="$2" ;;
+    --processor-token-secret) need_value "$1" "$#"; PROCESSOR_TOKEN_SECRET="$2" ;;
     --initial-wait) need_value "$1" "$#"; CONFIG_INITIAL_WAIT_SECONDS="$2" ;;
     --staleness) need_value "$1" "$#"; CONFIG_STALENESS_SECONDS="$2" ;;
     --log-level) need_value "$1" "$#"; LOG_LEVEL="$2" ;;
@@ -229,6 +237,13 @@ validate() {
   check_secret ETCD_CERT_SECRET "$ETCD_CERT_SECRET"
   check_secret ETCD_KEY_SECRET "$ETCD_KEY_SECRET"
   check_secret ETCD_PASSWORD_SECRET "$ETCD_PASSWORD_SECRET"
+  if [ -n "$PROCESSOR_URL" ]; then
+    # No ';' (the env list's delimiter below), no spaces; the function checks the rest.
+    local url_re='^https?://[^/[:space:];]+(/[^[:space:];]*)?$'
+    [[ "$PROCESSOR_URL" =~ $url_re ]] ||
+      die "PROCESSOR_URL: '$PROCESSOR_URL' is not http(s)://host[:port][/prefix]"
+    check_secret PROCESSOR_TOKEN_SECRET "$PROCESSOR_TOKEN_SECRET"
+  fi
   if [ -n "$CONFIG_INITIAL_WAIT_SECONDS" ]; then
     is_decimal "$CONFIG_INITIAL_WAIT_SECONDS" ||
       die "CONFIG_INITIAL_WAIT_SECONDS must be a number of seconds, got '$CONFIG_INITIAL_WAIT_SECONDS'"
@@ -301,6 +316,12 @@ secrets=(
   "$KEY_MOUNT/client-key.pem=$(secret_ref "$ETCD_KEY_SECRET")"
   "ETCD_PASSWORD=$(secret_ref "$ETCD_PASSWORD_SECRET")"
 )
+# The processor's address and token, as Terraform gives them to the function: a
+# redeploy without them would send every /v1/ call nowhere.
+if [ -n "$PROCESSOR_URL" ]; then
+  env_vars+=("PROCESSOR_URL=$PROCESSOR_URL")
+  secrets+=("PROCESSOR_TOKEN=$(secret_ref "$PROCESSOR_TOKEN_SECRET")")
+fi
 
 join() { # separator items...
   local sep="$1" out="$2"

@@ -110,6 +110,20 @@ def test_credentials_come_from_secret_manager_only(fake_gcloud):
     assert not any("BEGIN" in value for value in env.values())
 
 
+def test_the_processor_url_and_token_reach_the_function_as_terraform_gives_them(fake_gcloud):
+    assert deploy(fake_gcloud, *GOOD, "--processor-url", "http://10.10.0.9:8081").returncode == 0
+    f = flags(the_deploy_call(fake_gcloud))
+    assert env_vars(f)["PROCESSOR_URL"] == "http://10.10.0.9:8081"
+    assert secrets(f)["PROCESSOR_TOKEN"] == "data-processor-token:latest"  # terraform's secret name
+    assert "PROCESSOR_TOKEN" not in env_vars(f)
+
+
+def test_without_a_processor_url_neither_is_set(fake_gcloud):
+    assert deploy(fake_gcloud, *GOOD).returncode == 0
+    f = flags(the_deploy_call(fake_gcloud))
+    assert "PROCESSOR_URL" not in env_vars(f) and "PROCESSOR_TOKEN" not in secrets(f)
+
+
 def test_secret_versions_can_be_pinned(fake_gcloud):
     assert deploy(fake_gcloud, *GOOD, "--password-secret", "my-pw:3").returncode == 0
     assert secrets(flags(the_deploy_call(fake_gcloud)))["ETCD_PASSWORD"] == "my-pw:3"
@@ -209,6 +223,10 @@ def test_help_lists_the_settings_and_runs_nothing(fake_gcloud):
         ([*GOOD, "--service-account", "not-an-email"], {}, "SERVICE_ACCOUNT"),
         ([*GOOD, "--password-secret", "pw:oldest"], {}, "ETCD_PASSWORD_SECRET"),
         ([*GOOD, "--log-level", "LOUD"], {}, "LOG_LEVEL"),
+        ([*GOOD, "--processor-url", "10.10.0.9:8081"], {}, "PROCESSOR_URL"),
+        ([*GOOD, "--processor-url", "http://10.10.0.9:8081;X=1"], {}, "PROCESSOR_URL"),
+        ([*GOOD, "--processor-url", "http://p:8081", "--processor-token-secret", "t:oldest"], {},
+         "PROCESSOR_TOKEN_SECRET"),
         ([*GOOD, "--invoker", "alice"], {}, "INVOKERS"),
         ([*GOOD], {"ALLOW_UNAUTHENTICATED": "maybe"}, "ALLOW_UNAUTHENTICATED"),
         ([*GOOD], {"FAKE_GCLOUD_PROJECT": ""}, "PROJECT_ID"),
