@@ -39,6 +39,9 @@ class FunctionServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "FunctionServer":
+        if self.proc is not None and self.proc.poll() is None:
+            # A second start would orphan the first server: stop() knows only the last.
+            raise RuntimeError("this FunctionServer is already running")
         cmd = [sys.executable, "-m", "functions_framework", "--target", self.target,
                "--host", "127.0.0.1", "--port", str(self.port)]
         if self.source:

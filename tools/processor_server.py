@@ -37,6 +37,9 @@ class ProcessorServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0, wait_synced: bool = True) -> "ProcessorServer":
+        if self.proc is not None and self.proc.poll() is None:
+            # A second start would orphan the first server: stop() knows only the last.
+            raise RuntimeError("this ProcessorServer is already running")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", "processor"], cwd=self.cwd, env=self.env, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)

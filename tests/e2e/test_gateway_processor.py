@@ -38,7 +38,7 @@ def start_gateway(etcd, processor, tmp_path, token: str | None = TOKEN) -> Funct
     env = {"ETCD_ENDPOINTS": etcd.endpoint, "PROCESSOR_URL": processor.url}
     if token:
         env["PROCESSOR_TOKEN"] = token
-    return FunctionServer(env, workers=1, log_path=str(tmp_path / "gateway.log")).start()
+    return FunctionServer(env, workers=1, log_path=str(tmp_path / "gateway.log"))  # started by `with`
 
 
 def test_jobs_go_through_the_gateway_to_the_processor(etcd, processor, tmp_path):
