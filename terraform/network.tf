@@ -84,10 +84,10 @@ resource "google_compute_firewall" "etcd_client" {
   target_service_accounts = [google_service_account.etcd.email]
 }
 
-# SSH only from Identity-Aware Proxy's TCP forwarding range, so the VM needs no
-# external address and IAM decides who may tunnel.
-resource "google_compute_firewall" "etcd_iap_ssh" {
-  name      = "${var.name}-etcd-iap-ssh"
+# SSH only from Identity-Aware Proxy's TCP forwarding range, so the VMs (etcd and the
+# processor) need no external address and IAM decides who may tunnel.
+resource "google_compute_firewall" "iap_ssh" {
+  name      = "${var.name}-iap-ssh"
   network   = local.network
   direction = "INGRESS"
   priority  = 1000
@@ -98,7 +98,13 @@ resource "google_compute_firewall" "etcd_iap_ssh" {
   }
 
   source_ranges           = ["35.235.240.0/20"]
-  target_service_accounts = [google_service_account.etcd.email]
+  target_service_accounts = [google_service_account.etcd.email, google_service_account.processor.email]
+}
+
+# One rule for both VMs now; the etcd VM's rule becomes it in place.
+moved {
+  from = google_compute_firewall.etcd_iap_ssh
+  to   = google_compute_firewall.iap_ssh
 }
 
 # Between etcd members only: raft traffic (2380, peer TLS) and the client port (2379),

@@ -164,19 +164,3 @@ resource "google_compute_firewall" "processor" {
   source_ranges           = [var.connector_cidr]
   target_service_accounts = [google_service_account.processor.email]
 }
-
-# SSH only through Identity-Aware Proxy, as for the etcd VM.
-resource "google_compute_firewall" "processor_iap_ssh" {
-  name      = "${var.name}-processor-iap-ssh"
-  network   = local.network
-  direction = "INGRESS"
-  priority  = 1000
-
-  allow {
-    protocol = "tcp"
-    ports    = ["22"]
-  }
-
-  source_ranges           = ["35.235.240.0/20"]
-  target_service_accounts = [google_service_account.processor.email]
-}
