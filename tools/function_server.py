@@ -15,6 +15,26 @@ from tools.etcd_server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def stop_process_group(proc: subprocess.Popen, grace: float) -> None:
+    """Stop a server started in its own session: SIGTERM (after SIGCONT, in case a test
+    froze it), SIGKILL after `grace` seconds, and SIGKILL to the group at the end, since
+    gunicorn's workers outlive a killed master for a moment."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class FunctionServer:
     """`functions-framework --target api_gateway` with the given environment.
 
@@ -78,23 +98,8 @@ class FunctionServer:
         os.killpg(self.proc.pid, sig)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGCONT)
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        # Workers outlive a killed master for a moment; make sure none is left.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            stop_process_group(self.proc, grace=10)
         self.proc = None
 
     def __enter__(self) -> "FunctionServer":

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from tools.etcd_server import free_port
+from tools.function_server import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,21 +73,8 @@ class ProcessorServer:
         self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        try:  # the worker may outlive a killed master for a moment
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            stop_process_group(self.proc, grace=15)  # time to drain its jobs
         self.proc = None
 
     def __enter__(self) -> "ProcessorServer":
