@@ -18,6 +18,12 @@ from hcl2 import SerializationOptions
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "terraform"
 TEMPLATES = TERRAFORM / "templates"
+# The passwords the VM's bootstrap is given in the tests that run it against a local etcd.
+BOOTSTRAP_PASSWORDS = {
+    "ETCD_ROOT_PASSWORD": "root-pw-for-tests",
+    "ETCD_GATEWAY_PASSWORD": "gateway-pw-for-tests",
+    "ETCD_OPERATOR_PASSWORD": "operator-pw-for-tests",
+}
 
 
 # --- Terraform --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy_support import REPO, TEMPLATES, heredoc_body, render_startup_script
+from deploy_support import BOOTSTRAP_PASSWORDS, REPO, TEMPLATES, heredoc_body, render_startup_script
 from tests.support import wait_until
 from tools.certs import make_tls_material
 from tools.etcd_server import etcd_binaries, free_port
@@ -27,11 +27,7 @@ from vm_members import VMCluster
 pytestmark = pytest.mark.slow
 
 RATE_LIMIT = "/config/services/api-gateway/rate-limit"
-PASSWORDS = {
-    "ETCD_ROOT_PASSWORD": "root-pw-for-tests",
-    "ETCD_GATEWAY_PASSWORD": "gateway-pw-for-tests",
-    "ETCD_OPERATOR_PASSWORD": "operator-pw-for-tests",
-}
+PASSWORDS = BOOTSTRAP_PASSWORDS
 
 
 @pytest.fixture

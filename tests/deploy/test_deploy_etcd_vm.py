@@ -14,18 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import TEMPLATES, heredoc_body, render_startup_script
+from deploy_support import BOOTSTRAP_PASSWORDS, TEMPLATES, heredoc_body, render_startup_script
 from tools.certs import TLSMaterial, make_tls_material
 from tools.etcd_server import EtcdServer
 
 pytestmark = pytest.mark.slow
 
 KEY = "/config/services/api-gateway/features/new-user-onboarding"
-PASSWORDS = {
-    "ETCD_ROOT_PASSWORD": "root-pw-for-tests",
-    "ETCD_GATEWAY_PASSWORD": "gateway-pw-for-tests",
-    "ETCD_OPERATOR_PASSWORD": "operator-pw-for-tests",
-}
+PASSWORDS = BOOTSTRAP_PASSWORDS
 
 
 def flags_via_etcd_run(rendered: str, work: Path) -> list[str]:

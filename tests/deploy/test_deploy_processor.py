@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy_support import REPO, TEMPLATES, heredoc_body, load_terraform, render_template, \
+from deploy_support import BOOTSTRAP_PASSWORDS, REPO, TEMPLATES, heredoc_body, load_terraform, render_template, \
     resolve_template_values, template_names
 from tools.certs import make_tls_material
 from tools.etcd_server import EtcdServer, free_port
@@ -31,12 +31,7 @@ RESOURCES = TF["resource"]
 VM = RESOURCES["google_compute_instance"]["processor"]
 TEMPLATE = TEMPLATES / "processor-startup.sh.tftpl"
 TOKEN = "processor-token-for-tests-0123456789"
-PASSWORDS = {
-    "ETCD_ROOT_PASSWORD": "root-pw-for-tests",
-    "ETCD_GATEWAY_PASSWORD": "gateway-pw-for-tests",
-    "ETCD_OPERATOR_PASSWORD": "operator-pw-for-tests",
-    "ETCD_PROCESSOR_PASSWORD": "processor-pw-for-tests",
-}
+PASSWORDS = {**BOOTSTRAP_PASSWORDS, "ETCD_PROCESSOR_PASSWORD": "processor-pw-for-tests"}
 THREADS = "/config/services/data-processor/threads"
 GATEWAY_KEY = "/config/services/api-gateway/rate-limit"
 
