@@ -108,7 +108,12 @@ def test_rule_and_scope_changes_apply_live_and_a_bad_rule_is_rejected(etcd, serv
     other = fresh_get(server.url + "/reports/users", **{"X-Api-Key": "b"})
     assert other.headers["RateLimit-Policy"] == "600;w=60;burst=600"
     # The rule's own buckets: a client drained on /reports/jobs still passes elsewhere.
-    assert admitted(server.url, "c", 10, "/reports/jobs") <= 5
+    # The rule holds it to what the design allows two processes (README, "The share"):
+    # the burst, one slack token and up to one random token per process, plus what
+    # 60/min refills while the requests run; the default limit would admit all ten.
+    started = time.monotonic()
+    drained = admitted(server.url, "c", 10, "/reports/jobs")
+    assert drained <= 4 + 2 * 2 + int((time.monotonic() - started) * 60 / 60) and drained < 10
     assert fresh_get(server.url + "/reports/users", **{"X-Api-Key": "c"}).status_code == 200
     status = fresh_get(server.url + "/_status").json()["rate_limit"]
     assert status["rules"]["jobs"] == {"prefix": "/reports/jobs", "rate": 60, "burst": 4, "policy": "60;w=60;burst=4"}
