@@ -3,7 +3,8 @@
 The request policies and their order are in `gateway/` (`gateway/pipeline.py`):
 maintenance, rate limit, experiments, then forwarding `/v1/` to the data processor
 behind a circuit breaker, or the gateway's own answers. Nothing is started at import:
-gunicorn imports this module before forking its workers.
+gunicorn imports this module before forking its workers. One thing is made then, on
+purpose: the rate limiter's bucket table, in memory the workers inherit and share.
 """
 
 from __future__ import annotations

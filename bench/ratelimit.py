@@ -4,9 +4,9 @@ membership costs etcd.
     .venv/bin/python -m bench.ratelimit            (also run by `make bench`)
 
 1. Accuracy, simulated with the gateway's own `RateLimiter` on a virtual clock: one
-   client sends Poisson traffic at 3x the limit, each request to one of N processes
-   picked at random (a load balancer's spread), each process holding its share of the
-   limit. Admitted / allowed, allowed = rate x window + burst. Every sharing scheme
+   client sends Poisson traffic at 3x the limit, each request to one of N instances
+   picked at random (a load balancer's spread), each instance holding its share of the
+   limit (the workers of an instance share one bucket table: one limiter here). Admitted / allowed, allowed = rate x window + burst. Every sharing scheme
    tried is shown; the gateway uses the last one.
 2. Membership write rate, against a real etcd: one process plays 100 and 1,000
    members (`config_watch.Membership`, renewals driven by simulated requests), and
@@ -57,7 +57,7 @@ def slack_only(rate: int, burst: int, members: int) -> Share:
 # (label, share function, random part of a new bucket's first fill)
 SCHEMES: list[tuple[str, Callable[[int, int, int], Share], bool]] = [
     ("rate/N, burst/N (min 1)", divide_both, False),
-    ("rate/N, whole burst per process", full_burst, False),
+    ("rate/N, whole burst per instance", full_burst, False),
     (f"rate/N, burst/N + {SLACK_TOKENS:g} slack token", slack_only, False),
     ("rate/N, burst/N + 2 slack tokens, randomized first fill", two_slack, True),
     (f"rate/N, burst/N + {SLACK_TOKENS:g} slack token, randomized first fill (in use)", process_share, True),

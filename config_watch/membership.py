@@ -1,8 +1,9 @@
 """This process's membership of its service's fleet: a lease-bound record in etcd.
 
-Every serving process writes `/instances/<service>/<id>` bound to a lease of
-`INSTANCE_TTL_SECONDS`, and counts the records (N = live members) with a watcher of
-its own over that prefix: the same list-then-watch loop as the configuration's, kept
+Every serving process writes `/instances/<service>/<group>.<pid>` bound to a lease
+of `INSTANCE_TTL_SECONDS`, and counts the groups among the records (N = live
+members; a group is the processes of one instance that share their rate-limit
+buckets) with a watcher of its own over that prefix: the same list-then-watch loop as the configuration's, kept
 apart so that membership trouble (a role without the right to the prefix, say) can
 never cost the configuration its watch. A process that stops, is killed or stops
 serving drops out when its lease runs out.
@@ -49,22 +50,33 @@ FIRST_RETRY_SECONDS = 1.0
 FAILURE_LOG_INTERVAL = 60.0
 
 
-def _new_member_id() -> str:
+def new_group() -> str:
     """Host, pid and a random tail: readable in `etcdctl get`, unique across restarts."""
-    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())[:48] or "host"
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())[:48] or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def member_group(member_id: str) -> str:
+    """The group of a member id (`<group>.<pid>`): the processes of one instance, which
+    share their buckets and so count as one member of the fleet."""
+    group, dot, pid = member_id.rpartition(".")
+    return group if dot and pid.isdigit() else member_id
 
 
 class Membership:
     """This process's lease-bound record under `/instances/<service>/`."""
 
     def __init__(self, settings: Settings, service: str, *, client: JsonGatewayClient | None = None,
-                 clock: Callable[[], float] = time.monotonic, watch: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, watch: bool = True, group: str | None = None) -> None:
         self.settings = settings
         self.pid = os.getpid()
         self.ttl = settings.instance_ttl
         self.prefix = instances_prefix(service)
-        self.member_id = _new_member_id()
+        # The processes that count as one member (the gateway's workers of one
+        # instance, which share one bucket table); by default this process alone.
+        self.group = group or new_group()
+        self.member_id = f"{self.group}.{self.pid}"
+        self._counted: tuple[Mapping[str, Any] | None, int] = (None, 0)
         self.key = self.prefix + self.member_id
         # Made by the helper on first use: unreadable TLS files are then a logged
         # failure to register, never an error in a request.
@@ -152,10 +164,17 @@ class Membership:
         self._wake.set()
 
     def count(self, members: Mapping[str, Any] | None = None) -> int:
-        """Live members N: the records listed, plus this process if it is not among them
-        (not registered yet, or refused): it serves, so it takes a share."""
+        """Live members N: the groups among the records listed (the instances), plus
+        this process's group if none of its records is listed (not registered yet, or
+        refused): it serves, so it takes a share."""
         members = self.members() if members is None else members
-        return len(members) + (0 if self.member_id in members else 1)
+        counted = self._counted
+        if counted[0] is members:  # the same snapshot's family: counted once per change
+            return counted[1]
+        groups = {member_group(member) for member in members}
+        count = len(groups) + (0 if self.group in groups else 1)
+        self._counted = (members, count)
+        return count
 
     def lease_age(self) -> float | None:
         """Seconds since the lease was last granted or renewed (None: never)."""
@@ -169,6 +188,7 @@ class Membership:
         error = self.last_error if details or self.last_error is None else self.last_error.split(":", 1)[0]
         return {
             "member_id": self.member_id,
+            "group": self.group,
             "key": self.key,
             "registered": self._lease_id is not None and age is not None and age < self.ttl,
             "lease_ttl_seconds": self.ttl,
@@ -291,9 +311,11 @@ _membership_runtime: object | None = None
 _membership_lock = threading.Lock()
 
 
-def get_membership(runtime) -> Membership | None:
+def get_membership(runtime, group: str | None = None) -> Membership | None:
     """The membership of this process for `runtime`'s service (None if the service
-    keeps no membership), made on first call, anew after a fork or a new runtime."""
+    keeps no membership), made on first call, anew after a fork or a new runtime.
+    `group`: the processes this one counts as one member with (see `Membership`);
+    read on the first call only."""
     global _membership, _membership_runtime
     current = _membership
     if current is not None and _membership_runtime is runtime and current.pid == os.getpid():
@@ -305,7 +327,7 @@ def get_membership(runtime) -> Membership | None:
         if current is None or _membership_runtime is not runtime or current.pid != os.getpid():
             if current is not None and current.pid == os.getpid():
                 threading.Thread(target=current.close, name="membership-close", daemon=True).start()
-            current = Membership(runtime.settings, runtime.settings.service).start()
+            current = Membership(runtime.settings, runtime.settings.service, group=group).start()
             _membership, _membership_runtime = current, runtime
     return current
 

@@ -11,18 +11,35 @@ from __future__ import annotations
 
 import flask
 
-from config_watch import get_membership
+from config_watch import Settings, SettingsError, get_membership
 
 from ._process import PerProcess
+from .buckets import BucketTable
 from .ratelimit import FleetRateLimit, RateLimitResult
 from .responses import json_response
 
 
+def _max_clients_at_import() -> int:
+    try:
+        return Settings.from_env().max_clients
+    except SettingsError:  # the first request reports it; the table needs a size now
+        return Settings.max_clients
+
+
+# The buckets of this instance, made here at import: gunicorn's master imports the
+# function's module before it forks the workers, so they all inherit this one table
+# (see `buckets`). Made with the settings' size at import; a runtime whose settings
+# ask for another size gets a table of its own.
+_table = BucketTable(_max_clients_at_import())
+
+
 def _make_step(runtime) -> FleetRateLimit:
-    return FleetRateLimit(runtime.settings.max_clients, get_membership(runtime))
+    max_clients = runtime.settings.max_clients
+    table = _table if _table.max_entries == max_clients else BucketTable(max_clients)
+    return FleetRateLimit(max_clients, get_membership(runtime, group=table.group), table=table)
 
 
-# This process's buckets and membership (a forked child makes its own).
+# This process's limiter over the shared table, and its membership (a forked child makes its own).
 _step: PerProcess[FleetRateLimit] = PerProcess(_make_step)
 
 
@@ -41,5 +58,6 @@ def refusal(result: RateLimitResult, response_headers: dict[str, str]) -> flask.
 
 
 def reset() -> None:
-    """Forget this process's buckets (tests)."""
+    """Forget the buckets (tests)."""
     _step.reset()
+    _table.clear()

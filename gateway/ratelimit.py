@@ -4,32 +4,37 @@ The rate and the capacity are passed on every call, from the request's snapshot,
 a change in etcd applies to every existing bucket on its next request.
 
 In `cluster` scope the configured limit binds the whole fleet: each of the N live
-serving processes (membership records in etcd, see `config_watch.membership`) holds
-1/N of it, so no request pays a round trip to a shared counter. Dividing both rate
-and burst by N wastes tokens: a client's requests land on processes at random, so a
-process's small bucket often fills and then idles while the client is refused
-elsewhere (a client at 3x the limit over four processes got 86 % of what it was
-allowed). Each process's bucket therefore holds one token more than its share
-(`SLACK_TOKENS`): the ready token waits for the next request instead of spilling,
-and admitted traffic comes within 1 % of the limit over ten minutes (92 % of it in a
-client's first 30 s over four processes; bench/ratelimit.py has the figures of every
-scheme tried). A new bucket starts at its share plus a random part
-of a token (randomized rounding: whole tokens are what a bucket admits, and a share
-of 2.5 would otherwise admit 2 per process), so a new client's first burst across
-the fleet is, on average, exactly the configured one.
+instances (membership records in etcd, see `config_watch.membership`; the worker
+processes of an instance share one bucket table, see `buckets`) holds 1/N of it, so
+no request pays a round trip to a shared counter. Dividing both rate and burst by N
+wastes tokens: a client's requests land on instances at random, so an instance's
+small bucket often fills and then idles while the client is refused elsewhere (a
+client at 3x the limit over four instances got 86 % of what it was allowed). Each
+instance's bucket therefore holds one token more than its share (`SLACK_TOKENS`):
+the ready token waits for the next request instead of spilling, and admitted traffic
+comes within 1 % of the limit over ten minutes (92 % of it in a client's first 30 s
+over four instances; bench/ratelimit.py has the figures of every scheme tried). A
+new bucket starts at its share plus a random part of a token (randomized rounding:
+whole tokens are what a bucket admits, and a share of 2.5 would otherwise admit 2
+per instance), so a new client's first burst across the fleet is, on average,
+exactly the configured one.
+
+In `process` scope each process keeps buckets of its own, holding the whole limit.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 import time
-from collections import OrderedDict
 from typing import Callable, Mapping, NamedTuple
 
 from config_watch import RATE_LIMIT, RATE_LIMIT_BURST, RATE_LIMIT_SCOPE, RATE_LIMITS, RateRule, Snapshot
 from config_watch import Membership
+
+from .buckets import BucketTable, Slot, key_tag, partition_tag
 
 # Tokens a process's bucket may hold beyond its share of the burst when the limit is
 # split between processes: the figure that closes the gap that random spread leaves.
@@ -67,44 +72,42 @@ def process_share(rate_per_minute: int, burst: int, members: int) -> Share:
     return Share(rate_per_minute / 60.0 / members, max(1.0, share) + SLACK_TOKENS, max(1.0, share))
 
 
-class _Bucket:
-    __slots__ = ("tokens", "updated", "members")
-
-    def __init__(self, tokens: float, updated: float, members: int) -> None:
-        self.tokens = tokens
-        self.updated = updated
-        self.members = members  # the split `tokens` was last measured in
-
-
 class RateLimiter:
-    """Buckets keyed by (rule, client identity), least recently used evicted past `max_clients`.
+    """Buckets keyed by (rule, client identity) in a `BucketTable`: at most `max_clients`,
+    the least recently used replaced first (within the key's set of eight).
 
     An evicted client comes back with a full bucket, so the bound trades a little
-    leniency under a flood of distinct clients for memory that cannot grow without end.
+    leniency under a flood of distinct clients for memory fixed at the start. The
+    gateway passes the table it made at import, shared by the workers of its instance;
+    without one, the limiter makes its own.
     """
 
     def __init__(self, max_clients: int = 100_000, clock: Callable[[], float] = time.monotonic,
                  share: Callable[[int, int, int], Share] = process_share,
-                 rounding: Callable[[], float] = random.random) -> None:
-        self.max_clients = max_clients
+                 rounding: Callable[[], float] = random.random, table: BucketTable | None = None) -> None:
+        self.table = table if table is not None else BucketTable(max_clients)
+        self.max_clients = self.table.max_entries
         self._clock = clock
         self._share = share
         self._rounding = rounding  # uniform in [0, 1): the random part of a split bucket's first fill
         self._last_share: tuple[tuple, Share | None] = ((), None)
-        self._buckets: OrderedDict[str | tuple[str, str], _Bucket] = OrderedDict()
+        # The table's record locks do not exclude this process's own threads.
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self.table)
 
     def check(self, client: str, rate_per_minute: int, burst: int, consume: bool = True,
-              members: int = 1, rule: str = DEFAULT_RULE) -> Decision:
+              members: int = 1, rule: str = DEFAULT_RULE, own: bool = False) -> Decision:
         """Take one token for `client` under `rule` if it has one (or only look, with consume=False).
 
         `rate_per_minute` and `burst` are the configured, fleet-wide limit; `members`
-        the processes it is split between (1 in process scope). When the split changes,
-        a bucket keeps its fill ratio; when only the burst changes, its tokens stay
-        (clamped to the new capacity).
+        the instances it is split between (1: not split). `own`: this process's own
+        bucket rather than the one its instance's workers share (process scope).
+        When the split changes, a bucket keeps its fill ratio; when only the burst
+        changes, its tokens stay (clamped to the new capacity). A new bucket in one of
+        the two partitions starts at the other's fill ratio, if it has one, so a scope
+        change keeps the ratio too.
         """
         now = self._clock()
         shared = (rate_per_minute, burst, members)
@@ -115,36 +118,50 @@ class RateLimiter:
             share = self._share(rate_per_minute, burst, members)
             self._last_share = (shared, share)
             per_second, capacity, initial = share
-        # The default limit's buckets are keyed by the client alone (a tuple per bucket
-        # would cost 10 % more memory in a full table); a rule's by (rule, client).
-        key = client if rule == DEFAULT_RULE else (rule, client)
+        table = self.table
+        base = key_tag(rule, client)
+        tag = partition_tag(base, os.getpid()) if own else base
+        set_index = table.set_of(base)
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                if members > 1:
-                    initial = min(capacity, initial + self._rounding())
-                bucket = _Bucket(initial, now, members)
-                if consume:
-                    self._buckets[key] = bucket
-                    if len(self._buckets) > self.max_clients:
-                        self._buckets.popitem(last=False)
-            else:
-                self._buckets.move_to_end(key)
-                if bucket.members != members:
-                    # The fleet grew or shrank (or the scope changed): same fill ratio, new size.
-                    old_capacity = self._share(rate_per_minute, burst, bucket.members).capacity
-                    if old_capacity > 0:
-                        bucket.tokens *= capacity / old_capacity
-                    bucket.members = members
-                elapsed = max(0.0, now - bucket.updated)
-                bucket.tokens = min(capacity, bucket.tokens + elapsed * per_second)
-                bucket.updated = now
-            tokens = bucket.tokens
-            allowed = tokens >= 1.0
-            if allowed and consume:
-                tokens -= 1.0
-                bucket.tokens = tokens
+            table.lock(set_index)
+            try:
+                values = table.read(set_index)
+                slot = table.find(values, tag)
+                if slot is not None:
+                    way = slot.way
+                    if slot.members == members:
+                        tokens = min(capacity, slot.tokens + max(0.0, now - slot.updated) * per_second)
+                    else:  # the fleet grew or shrank: same fill ratio, new size
+                        tokens = self._rescaled(slot, now, rate_per_minute, burst, capacity)
+                else:
+                    # New here; the same client's bucket in the other partition gives its
+                    # fill ratio (the scope changed), else a new client's first fill.
+                    other = table.find(values, base if own else partition_tag(base, os.getpid()))
+                    if other is not None:
+                        tokens = self._rescaled(other, now, rate_per_minute, burst, capacity)
+                    elif members > 1:
+                        tokens = min(capacity, initial + self._rounding())
+                    else:
+                        tokens = initial
+                    if consume:
+                        way, empty = table.victim(values)
+                        if empty:
+                            table.added()
+                allowed = tokens >= 1.0
+                if allowed and consume:
+                    tokens -= 1.0
+                if slot is not None or consume:  # a look at an unknown client adds nothing
+                    table.store(set_index, way, tag, tokens, now, members)
+            finally:
+                table.unlock(set_index)
         return self._decision(allowed, rate_per_minute, burst, per_second, capacity, tokens)
+
+    def _rescaled(self, slot: Slot, now: float, rate_per_minute: int, burst: int, capacity: float) -> float:
+        """A bucket's tokens now, refilled at the share it was measured in and carried
+        to the new `capacity` at the same fill ratio (the fleet grew or shrank, or the scope changed)."""
+        old = self._share(rate_per_minute, burst, slot.members)
+        tokens = min(old.capacity, slot.tokens + max(0.0, now - slot.updated) * old.per_second)
+        return tokens * capacity / old.capacity if old.capacity > 0 else min(capacity, tokens)
 
     @staticmethod
     def _decision(allowed: bool, rate_per_minute: int, burst: int, per_second: float, capacity: float,
@@ -222,8 +239,8 @@ class FleetRateLimit:
     renewed, and reports all of it for `/_status`."""
 
     def __init__(self, max_clients: int, membership: Membership | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limiter = RateLimiter(max_clients, clock=clock)
+                 clock: Callable[[], float] = time.monotonic, table: BucketTable | None = None) -> None:
+        self.limiter = RateLimiter(max_clients, clock=clock, table=table)
         self.membership = membership
         self._table = RuleTable({})
 
@@ -237,8 +254,8 @@ class FleetRateLimit:
         return table
 
     def members(self, snapshot: Snapshot, listed: Mapping | None = None) -> int:
-        """N: live members in `cluster` scope (from `listed`, the member list if given),
-        1 in `process` scope."""
+        """N: the live instances in `cluster` scope (from `listed`, the member list if
+        given; the workers of an instance share one bucket table), 1 in `process` scope."""
         if snapshot[RATE_LIMIT_SCOPE] != "cluster" or self.membership is None:
             return 1
         return self.membership.count(listed)
@@ -248,8 +265,10 @@ class FleetRateLimit:
         membership = self.membership
         listed = membership.serve() if membership is not None else None
         limit = self._rules(snapshot).limit_for(path, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST])
-        members = self.members(snapshot, listed)
-        decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=members, rule=limit.rule)
+        own = snapshot[RATE_LIMIT_SCOPE] == "process"
+        members = 1 if own else self.members(snapshot, listed)
+        decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=members, rule=limit.rule,
+                                      own=own)
         return RateLimitResult(decision, limit, members)
 
     def status(self, snapshot: Snapshot, details: bool = False) -> dict:

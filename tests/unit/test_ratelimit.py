@@ -141,11 +141,16 @@ def test_clock_going_backwards_does_not_add_tokens(limiter, clock):
 
 
 def test_table_evicts_the_least_recently_used_client_past_max_clients(clock):
+    # Recency is the time of a bucket's last check: a millisecond between checks
+    # (a thousandth of a token at 60/min).
     limiter = RateLimiter(max_clients=3, clock=clock)
     for client in ("a", "b", "c"):
         drain(limiter, client, rate=60, burst=1)
+        clock.advance(0.001)
     limiter.check("a", 60, 1)  # a is now the most recently used (and still empty)
+    clock.advance(0.001)
     limiter.check("d", 60, 1)  # over the bound: b, least recently used, goes
+    clock.advance(0.001)
     assert len(limiter) == 3
     assert limiter.check("b", 60, 1).allowed  # b came back with a full bucket (and c was evicted)
     assert not limiter.check("a", 60, 1).allowed  # a kept its empty bucket

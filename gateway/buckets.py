@@ -1,0 +1,146 @@
+"""The rate limiter's bucket table, in memory shared by the worker processes of one instance.
+
+gunicorn (functions-framework with `WORKERS` > 1) imports the function's module in
+its master and forks the workers from it. The gateway makes its table at import, in
+the master, as an anonymous shared mapping that every forked worker inherits, so the
+workers of an instance hold one bucket per client between them. Per-process buckets
+cannot be split fairly: the kernel hands a run of new connections to whichever worker
+is awake first, often the same one, so a worker holding 1/WORKERS of a client's limit
+refuses it while its siblings' buckets sit full (12 requests at a limit of 5 over two
+workers got 2 answers of 200 in one run). Shared, the limit holds exactly within an
+instance, and the fleet's split (`ratelimit.process_share`) is between instances.
+
+The table is set-associative: a key's hash picks a set of `WAYS` slots, and a new key
+in a full set replaces the slot used least recently (an evicted client comes back with
+a full bucket). Each slot is 32 bytes, so the table's memory is fixed at creation.
+
+Locking: a POSIX record lock (`fcntl.lockf`) on one byte per set of an unlinked
+temporary file that the workers share. The kernel drops a process's record locks
+when it dies, so a worker killed in the middle of an update cannot wedge the others.
+Record locks do not exclude the threads of one process, so the caller holds a thread
+lock of its own as well (`RateLimiter` does).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import tempfile
+from typing import NamedTuple
+
+from config_watch.membership import new_group
+
+# Slots per set: eight keeps a set within 256 bytes (four cache lines) and makes the
+# replacement close to a true LRU.
+WAYS = 8
+# One slot: the key's tag (0: empty), tokens, last update (CLOCK_MONOTONIC, the same
+# clock in every process of a host), and the number of members the tokens were measured in.
+_SLOT = "Qddi4x"
+_SLOT_STRUCT = struct.Struct("<" + _SLOT)
+SLOT_BYTES = _SLOT_STRUCT.size
+# Before the slots: the number of slots in use.
+_HEADER = struct.Struct("<Q8x")
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class Slot(NamedTuple):
+    way: int  # its place in the set
+    tokens: float
+    updated: float
+    members: int
+
+
+def key_tag(rule: str, client: str) -> int:
+    """A non-zero 64-bit tag for a key. Python's string hash is keyed by a secret seed
+    that forked processes inherit (the table is shared with forked processes only), so
+    every process sharing the table tags a key alike, and a client cannot choose an
+    identity whose tag collides with another's and spend its tokens."""
+    return hash((rule, client)) & _MASK or 1
+
+
+def partition_tag(tag: int, partition: int) -> int:
+    """The tag of the same key in another partition (a process's own buckets): a
+    different tag in the same set, so both are read under one lock."""
+    if not partition:
+        return tag
+    return (tag ^ (partition * 0x9E3779B97F4A7C15)) & _MASK or 1
+
+
+class BucketTable:
+    """Fixed-size table of token buckets, shared with the processes forked after it was made.
+
+    Callers lock a set (`lock(set_index)` ... `unlock(set_index)`), read it
+    (`find`), and write one slot (`store`); the set of a key is `set_of(tag)`.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("a bucket table holds at least one entry")
+        self.ways = min(WAYS, max_entries)
+        self.sets = max(1, max_entries // self.ways)
+        self.capacity = self.sets * self.ways  # at most max_entries
+        self.max_entries = max_entries
+        # The processes that share this table (the workers forked from its maker).
+        self.group = new_group()
+        self._set = struct.Struct("<" + _SLOT * self.ways)
+        self._set_bytes = self._set.size
+        # Anonymous and MAP_SHARED: forked children see the same pages; untouched
+        # pages cost nothing until a client lands in them.
+        self._memory = mmap.mmap(-1, _HEADER.size + self.sets * self._set_bytes)
+        self._lock_file = tempfile.TemporaryFile(prefix="ratelimit-locks-")
+        self._fd = self._lock_file.fileno()
+        self._header_lock = self.sets  # the byte after the sets' bytes
+
+    def set_of(self, tag: int) -> int:
+        return tag % self.sets
+
+    def lock(self, set_index: int) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, set_index)
+
+    def unlock(self, set_index: int) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, set_index)
+
+    def read(self, set_index: int) -> tuple:
+        """The set's slots, flat: (tag, tokens, updated, members) for each way."""
+        return self._set.unpack_from(self._memory, _HEADER.size + set_index * self._set_bytes)
+
+    @staticmethod
+    def find(values: tuple, tag: int) -> Slot | None:
+        """The slot holding `tag` in a set as `read` returned it."""
+        for way in range(0, len(values), 4):
+            if values[way] == tag:
+                return Slot(way // 4, values[way + 1], values[way + 2], values[way + 3])
+        return None
+
+    @staticmethod
+    def victim(values: tuple) -> tuple[int, bool]:
+        """Where a new key goes: the first empty way, else the least recently used; and whether it was empty."""
+        oldest_way, oldest = 0, float("inf")
+        for way in range(0, len(values), 4):
+            if values[way] == 0:
+                return way // 4, True
+            if values[way + 2] < oldest:
+                oldest_way, oldest = way // 4, values[way + 2]
+        return oldest_way, False
+
+    def store(self, set_index: int, way: int, tag: int, tokens: float, updated: float, members: int) -> None:
+        _SLOT_STRUCT.pack_into(self._memory, _HEADER.size + set_index * self._set_bytes + way * SLOT_BYTES,
+                         tag, tokens, updated, members)
+
+    def added(self) -> None:
+        """Count a slot newly in use (called with its set locked)."""
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._header_lock)
+        try:
+            (used,) = _HEADER.unpack_from(self._memory, 0)
+            _HEADER.pack_into(self._memory, 0, used + 1)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._header_lock)
+
+    def __len__(self) -> int:
+        return _HEADER.unpack_from(self._memory, 0)[0]
+
+    def clear(self) -> None:
+        """Forget every bucket (tests)."""
+        self._memory[:] = bytes(len(self._memory))
