@@ -18,7 +18,10 @@ Locking: a POSIX record lock (`fcntl.lockf`) on one byte per set of an unlinked
 temporary file that the workers share. The kernel drops a process's record locks
 when it dies, so a worker killed in the middle of an update cannot wedge the others.
 Record locks do not exclude the threads of one process, so the caller holds a thread
-lock of its own as well (`RateLimiter` does).
+lock of its own as well (`RateLimiter` does). A process alone with the table (one
+worker) takes no record locks: each process using the table attaches once, and the
+locks start when a second one does (an update racing that moment may be lost: one
+token, once).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ WAYS = 8
 _SLOT = "Qddi4x"
 _SLOT_STRUCT = struct.Struct("<" + _SLOT)
 SLOT_BYTES = _SLOT_STRUCT.size
-# Before the slots: the number of slots in use.
-_HEADER = struct.Struct("<Q8x")
+# Before the slots: the number of slots in use, and of processes that attached.
+_HEADER = struct.Struct("<QQ")
+_USERS = struct.Struct("<Q")
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -92,6 +96,24 @@ class BucketTable:
         self._lock_file = tempfile.TemporaryFile(prefix="ratelimit-locks-")
         self._fd = self._lock_file.fileno()
         self._header_lock = self.sets  # the byte after the sets' bytes
+        self._attached_pid = 0
+
+    def attach(self) -> None:
+        """Count this process among the table's users (once per process; the first
+        call in a forked child counts the child)."""
+        if self._attached_pid == os.getpid():
+            return
+        self._attached_pid = os.getpid()
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._header_lock)
+        try:
+            used, users = _HEADER.unpack_from(self._memory, 0)
+            _HEADER.pack_into(self._memory, 0, used, users + 1)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._header_lock)
+
+    def shared(self) -> bool:
+        """Whether more than one process has attached: sets must then be locked."""
+        return _USERS.unpack_from(self._memory, 8)[0] > 1
 
     def set_of(self, tag: int) -> int:
         return tag % self.sets
@@ -109,38 +131,40 @@ class BucketTable:
     @staticmethod
     def find(values: tuple, tag: int) -> Slot | None:
         """The slot holding `tag` in a set as `read` returned it."""
-        for way in range(0, len(values), 4):
-            if values[way] == tag:
-                return Slot(way // 4, values[way + 1], values[way + 2], values[way + 3])
-        return None
+        if tag not in values[::4]:
+            return None
+        i = values[::4].index(tag) * 4
+        return Slot(i // 4, values[i + 1], values[i + 2], values[i + 3])
 
     @staticmethod
     def victim(values: tuple) -> tuple[int, bool]:
         """Where a new key goes: the first empty way, else the least recently used; and whether it was empty."""
-        oldest_way, oldest = 0, float("inf")
-        for way in range(0, len(values), 4):
-            if values[way] == 0:
-                return way // 4, True
-            if values[way + 2] < oldest:
-                oldest_way, oldest = way // 4, values[way + 2]
-        return oldest_way, False
+        tags = values[::4]
+        if 0 in tags:
+            return tags.index(0), True
+        updated = values[2::4]
+        return updated.index(min(updated)), False
 
     def store(self, set_index: int, way: int, tag: int, tokens: float, updated: float, members: int) -> None:
         _SLOT_STRUCT.pack_into(self._memory, _HEADER.size + set_index * self._set_bytes + way * SLOT_BYTES,
                          tag, tokens, updated, members)
 
-    def added(self) -> None:
-        """Count a slot newly in use (called with its set locked)."""
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._header_lock)
+    def added(self, locked: bool) -> None:
+        """Count a slot newly in use (called with its set locked, if `locked`)."""
+        if locked:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._header_lock)
         try:
-            (used,) = _HEADER.unpack_from(self._memory, 0)
-            _HEADER.pack_into(self._memory, 0, used + 1)
+            (used,) = _USERS.unpack_from(self._memory, 0)
+            _USERS.pack_into(self._memory, 0, used + 1)
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._header_lock)
+            if locked:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._header_lock)
 
     def __len__(self) -> int:
-        return _HEADER.unpack_from(self._memory, 0)[0]
+        return _USERS.unpack_from(self._memory, 0)[0]
 
     def clear(self) -> None:
-        """Forget every bucket (tests)."""
+        """Forget every bucket (tests); the processes attached stay counted."""
+        users = _USERS.unpack_from(self._memory, 8)[0]
         self._memory[:] = bytes(len(self._memory))
+        _USERS.pack_into(self._memory, 8, users)

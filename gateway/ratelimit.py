@@ -86,6 +86,7 @@ class RateLimiter:
                  share: Callable[[int, int, int], Share] = process_share,
                  rounding: Callable[[], float] = random.random, table: BucketTable | None = None) -> None:
         self.table = table if table is not None else BucketTable(max_clients)
+        self.table.attach()
         self.max_clients = self.table.max_entries
         self._clock = clock
         self._share = share
@@ -123,7 +124,9 @@ class RateLimiter:
         tag = partition_tag(base, os.getpid()) if own else base
         set_index = table.set_of(base)
         with self._lock:
-            table.lock(set_index)
+            locked = table.shared()
+            if locked:
+                table.lock(set_index)
             try:
                 values = table.read(set_index)
                 slot = table.find(values, tag)
@@ -146,14 +149,15 @@ class RateLimiter:
                     if consume:
                         way, empty = table.victim(values)
                         if empty:
-                            table.added()
+                            table.added(locked)
                 allowed = tokens >= 1.0
                 if allowed and consume:
                     tokens -= 1.0
                 if slot is not None or consume:  # a look at an unknown client adds nothing
                     table.store(set_index, way, tag, tokens, now, members)
             finally:
-                table.unlock(set_index)
+                if locked:
+                    table.unlock(set_index)
         return self._decision(allowed, rate_per_minute, burst, per_second, capacity, tokens)
 
     def _rescaled(self, slot: Slot, now: float, rate_per_minute: int, burst: int, capacity: float) -> float:

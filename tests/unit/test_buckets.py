@@ -85,6 +85,7 @@ def test_two_processes_of_two_threads_never_lose_an_update():
 
 
 def die_holding_the_lock(table: BucketTable, set_index: int) -> None:
+    table.attach()  # a second process: from now on the sets are locked
     table.lock(set_index)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -97,6 +98,15 @@ def test_a_process_killed_holding_a_set_lock_does_not_wedge_the_others():
     thread = threading.Thread(target=lambda: (admitted(RateLimiter(table=table), "x", 1), done.set()), daemon=True)
     thread.start()
     assert done.wait(10), "the dead process's lock was never released"
+
+
+def test_a_process_alone_locks_nothing_until_a_second_one_attaches():
+    table = BucketTable(100)
+    RateLimiter(table=table)
+    RateLimiter(table=table)  # the same process again: still one
+    assert not table.shared()
+    assert in_child(spend, table, "x", 1) == 0
+    assert table.shared()
 
 
 def test_the_table_holds_at_most_its_size_in_whole_sets():
