@@ -5,8 +5,12 @@ Two keep-alive connections, one to the gateway and one to the processor; each
 iteration sends one job down each, in alternating order, so both paths share the
 machine's state of the moment. The difference of their percentiles is the gateway's
 cost: identity, experiments, maintenance, rate limit, breaker, and the second hop.
-Under load, bench.loadgen processes keep the gateway busy forwarding (GET /v1/jobs,
-answered 405 by the processor) while the samples are taken.
+Two more connections in the same iterations split that cost: the gateway's own
+`GET /` (its hop without forwarding) and a bare functions-framework handler's
+`GET /` (bench/bare, the same server settings: the floor any function's hop costs on
+this machine, before a line of the gateway runs). Under load, bench.loadgen
+processes keep the gateway busy forwarding the same job (POST /v1/jobs) while the
+samples are taken.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import http.client
 import os
 import socket
 import time
+from pathlib import Path
 
 # A small job: the bench measures the path, not the hashing.
 JOB_BODY = b'{"bench": "forwarding"}'
 JOB_PATH = "/v1/jobs?rounds=1"
 WARMUP = 50
 TOKEN = "bench-forwarding-token-0123456789"
+BARE_SOURCE = Path(__file__).resolve().parent / "bare" / "main.py"
 
 
 class _Conn:
@@ -79,15 +85,18 @@ class ForwardingBench:
         gateway = b.server("forwarding-gateway", workers=1)
         gateway.env.update({"PROCESSOR_URL": processor.url, "PROCESSOR_TOKEN": TOKEN})
         gateway.start()
-        return processor, gateway
+        bare = b.server("forwarding-bare", workers=1, target="bare", source=str(BARE_SOURCE))
+        bare.start()
+        return processor, gateway, bare
 
-    def sample(self, gateway_port: int, processor_port: int) -> dict:
+    def sample(self, gateway_port: int, processor_port: int, bare_port: int) -> dict:
         via = _Conn(gateway_port, {"Content-Type": "application/json"})
         direct = _Conn(processor_port, {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
         # The gateway's own round trip on a path it answers itself (GET /): what any
         # request through it costs before forwarding adds its part.
         local = _Conn(gateway_port, {}, "GET", "/", None)
-        conns = {"gateway": via, "direct": direct, "local": local}
+        floor = _Conn(bare_port, {}, "GET", "/", None)
+        conns = {"gateway": via, "direct": direct, "local": local, "bare": floor}
         try:
             for _ in range(WARMUP):
                 for conn in conns.values():
@@ -104,17 +113,18 @@ class ForwardingBench:
                 conn.close()
 
     def run(self) -> dict:
-        processor, gateway = self.servers()
+        processor, gateway, bare = self.servers()
         try:
-            idle = self.sample(gateway.port, processor.port)
-            gen = self.bench.loadgen(gateway.port, start_at=time.time() + 0.5, path="/v1/jobs")
+            idle = self.sample(gateway.port, processor.port, bare.port)
+            gen = self.bench.loadgen(gateway.port, start_at=time.time() + 0.5, path=JOB_PATH, body=JOB_BODY.decode())
             time.sleep(1.0)  # load generators connected and running
-            loaded = self.sample(gateway.port, processor.port)
+            loaded = self.sample(gateway.port, processor.port, bare.port)
             gen.stop()
             loaded["load"] = gen.result(timeout=10)
             gen.kill()
             return {"idle": idle, "load": loaded, "requests": self.requests}
         finally:
+            bare.stop()
             gateway.stop()
             processor.stop()
 
@@ -129,18 +139,23 @@ def report(res: dict, pct, ms, verdict) -> tuple[list[tuple], list[str]]:
                f"gateway p50 {ms(g50)} ms, p99 **{ms(g99)} ms**", f"processor p50 {ms(d50)} ms, p99 {ms(d99)} ms",
                f"+{ms(g50 - d50)} ms p50, +{ms(g99 - d99)} ms p99")
         if key == "idle":
+            b50 = pct(r["bare"], 50)
+            row = row[:3] + (row[3] + f" (a bare functions-framework hop alone: {ms(b50)} ms p50)",)
             rows.append(row + ("≤ +1.5 ms p50, ≤ +3 ms p99", verdict(g50 - d50 <= 0.0015 and g99 - d99 <= 0.003)))
         else:
             rows.append(row + ("(reported)", ""))
-        l50 = pct(r["local"], 50)
+        l50, b50 = pct(r["local"], 50), pct(r["bare"], 50)
         line = (f"- Forwarding {title}: gateway p50/p90/p99/max {ms(g50)}/{ms(pct(r['gateway'], 90))}/{ms(g99)}/"
                 f"{ms(max(r['gateway']))} ms; processor {ms(d50)}/{ms(pct(r['direct'], 90))}/{ms(d99)}/"
-                f"{ms(max(r['direct']))} ms; the gateway's own GET / in the same iterations p50/p99 {ms(l50)}/"
-                f"{ms(pct(r['local'], 99))} ms, so of the +{ms(g50 - d50)} ms at p50 about {ms(l50)} ms is the "
-                f"gateway's hop itself (server, framework, policies) and {ms(g50 - d50 - l50)} ms the forwarding "
-                f"(second connection, header rewriting, breaker); {r['reconnects']} reconnects")
+                f"{ms(max(r['direct']))} ms. In the same iterations, a bare functions-framework handler's GET / "
+                f"p50/p99 {ms(b50)}/{ms(pct(r['bare'], 99))} ms (the floor of any function's hop here) and the "
+                f"gateway's own GET / {ms(l50)}/{ms(pct(r['local'], 99))} ms. So of the +{ms(g50 - d50)} ms at p50, "
+                f"{ms(b50)} ms is the framework's hop, {ms(l50 - b50)} ms the gateway's own hop beyond it (its "
+                f"policies, and under load the wait behind the generator's requests), and "
+                f"{ms(g50 - d50 - l50)} ms the forwarding (body, second connection, header rewriting, breaker); "
+                f"{r['reconnects']} reconnects")
         if "load" in r:
             ld = r["load"]
-            line += f"; load generator on the gateway's /v1/jobs: {ld['rate']:.0f} req/s, statuses {ld['statuses']}"
+            line += f"; load generator posting jobs through the gateway: {ld['rate']:.0f} req/s, statuses {ld['statuses']}"
         details.append(line)
     return rows, details

@@ -2,7 +2,7 @@
 
     python -m bench.loadgen --port 8080 --conns 8 [--duration 5 --start-at T]
 
-Each connection sends `GET <path>`, waits for the whole response and sends the next
+Each connection sends `GET <path>` (or `POST <path>` with `--body`), waits for the whole response and sends the next
 one at once (no pipelining, no think time). Requests are pre-built bytes and
 responses are framed by Content-Length only, so a process costs a few tens of
 microseconds of CPU per request and several of them can saturate a Python server
@@ -69,9 +69,12 @@ def _frame(buf: bytes) -> tuple[int, int] | None:
     return (status, total) if len(buf) >= total else None
 
 
-def run(host: str, port: int, path: str, conns: int, duration: float | None, start_at: float | None) -> dict:
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-loadgen\r\n"
-               f"Accept: */*\r\n\r\n").encode()
+def run(host: str, port: int, path: str, conns: int, duration: float | None, start_at: float | None,
+        body: bytes | None = None) -> dict:
+    head = f"{'GET' if body is None else 'POST'} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-loadgen\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    request = (head + "Accept: */*\r\n\r\n").encode() + (body or b"")
     sel = selectors.DefaultSelector()
     statuses: dict[int, int] = {}
     counted = 0
@@ -149,13 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/")
+    parser.add_argument("--body", default=None, help="send POST with this JSON body instead of GET")
     parser.add_argument("--conns", type=int, default=8)
     parser.add_argument("--duration", type=float, default=None, help="seconds; default: until SIGTERM")
     parser.add_argument("--start-at", type=float, default=None, help="time.time() at which counting starts")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    result = run(args.host, args.port, args.path, args.conns, args.duration, args.start_at)
+    result = run(args.host, args.port, args.path, args.conns, args.duration, args.start_at,
+                 None if args.body is None else args.body.encode())
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

@@ -184,10 +184,12 @@ class LoadGen:
     """`--load-procs` bench.loadgen processes against one port (closed loop, keep-alive)."""
 
     def __init__(self, port: int, procs: int, conns: int, duration: float | None = None,
-                 start_at: float | None = None, path: str = "/") -> None:
+                 start_at: float | None = None, path: str = "/", body: str | None = None) -> None:
         self.procs: list[subprocess.Popen] = []
         cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--conns", str(conns), "--path", path,
                "--start-at", repr(start_at if start_at is not None else time.time() + 0.5)]
+        if body is not None:
+            cmd += ["--body", body]
         if duration is not None:
             cmd += ["--duration", repr(duration)]
         for _ in range(procs):
@@ -287,8 +289,8 @@ class Bench:
         return rev
 
     def loadgen(self, port: int, duration: float | None = None, start_at: float | None = None,
-                path: str = "/") -> LoadGen:
-        gen = LoadGen(port, self.cfg.load_procs, self.cfg.load_conns, duration, start_at, path)
+                path: str = "/", body: str | None = None) -> LoadGen:
+        gen = LoadGen(port, self.cfg.load_procs, self.cfg.load_conns, duration, start_at, path, body)
         self.stack.callback(gen.kill)
         return gen
 
