@@ -75,11 +75,15 @@ class ConfigWatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
+        applied_log_level: int = logging.INFO,
     ) -> None:
         self._source_factory = source_factory
         self._source: Source | None = None
         self.prefixes = tuple(prefixes)
         self.settings = settings
+        # Each change is logged at this level (the member watch: DEBUG, or a fleet
+        # of N processes would log every join and leave N times).
+        self._applied_log_level = applied_log_level
         self.store = SnapshotStore(Snapshot.defaults(self.prefixes))
         # The one clock of every freshness figure (progress questions included).
         self._clock = clock
@@ -302,7 +306,8 @@ class ConfigWatcher:
             if snapshot is not current:
                 self.store.publish(snapshot)
         if snapshot is not current:
-            log.info(
+            log.log(
+                self._applied_log_level,
                 "applied revision %d",
                 snapshot.revision,
                 extra={"json_fields": {"revision": snapshot.revision,

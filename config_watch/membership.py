@@ -106,7 +106,8 @@ class Membership:
         self.counters = {"registrations": 0, "renewals": 0, "failures": 0}
         prefixes = [self.prefix]
         # The live members, watched (not started by `watch=False`: tests and the bench).
-        self.watcher = ConfigWatcher(lambda: EtcdSource(settings, prefixes), prefixes, settings)
+        self.watcher = ConfigWatcher(lambda: EtcdSource(settings, prefixes), prefixes, settings,
+                                     applied_log_level=logging.DEBUG)
         self._watch = watch
         # Until this moment the first count waits for the first list; after it, none does.
         self._cold_start_deadline = clock() + settings.initial_wait

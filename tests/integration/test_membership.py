@@ -23,9 +23,9 @@ TTL = 2  # etcd's smallest lease with its default election timeout
 def make_member():
     made: list[Membership] = []
 
-    def make(endpoints: str, watch: bool = True, **overrides) -> Membership:
+    def make(endpoints: str, watch: bool = True, group: str | None = None, **overrides) -> Membership:
         settings = fast_settings(endpoints, INSTANCE_TTL_SECONDS=TTL, **overrides)
-        member = Membership(settings, "api-gateway", watch=watch).start()
+        member = Membership(settings, "api-gateway", watch=watch, group=group).start()
         made.append(member)
         return member
 
@@ -122,6 +122,30 @@ def test_other_members_count_and_a_member_that_stops_drops_out(etcd, make_member
         b.touch()
         time.sleep(0.05)
     assert a.count() == 2 and c.member_id not in a.members()
+
+
+def test_members_of_one_group_count_once(make_member):
+    # The workers of one instance share their buckets: one member of the fleet however
+    # many records they write (`<group>.<pid>`); another instance is another member.
+    a = make_member("127.0.0.1:1", watch=False, group="host-1-aa")
+    assert a.member_id == f"host-1-aa.{a.pid}"
+    listed = {"host-1-aa.101": "", "host-1-aa.102": "", "host-2-bb.201": "", "legacy-id": ""}
+    assert a.count(listed) == 3
+    # Its own group unlisted yet (not registered): it serves, so it counts.
+    assert a.count({"host-2-bb.201": "", "host-2-bb.202": ""}) == 2
+
+
+def test_joins_and_leaves_are_logged_at_debug_only(etcd, make_member, caplog):
+    # Every process watches the members: an INFO line per join in each would make
+    # N^2 lines fleet-wide.
+    caplog.set_level(logging.DEBUG, logger="config_watch._watcher")
+    a = make_member(etcd.endpoint)
+    b = make_member(etcd.endpoint)
+    a.touch()
+    b.touch()
+    wait_until(lambda: a.count() == 2, 10, message="two members")
+    applied = [r for r in caplog.records if r.getMessage().startswith("applied revision")]
+    assert applied and all(r.levelno == logging.DEBUG for r in applied)
 
 
 def test_etcd_down_leaves_the_count_serving_and_logs_a_warning(etcd, make_member, caplog):
