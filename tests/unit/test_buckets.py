@@ -7,11 +7,12 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 
 import pytest
 
 from gateway.buckets import BucketTable, key_tag
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, YieldingLock
 
 FORK = multiprocessing.get_context("fork")
 
@@ -113,3 +114,38 @@ def test_the_table_holds_at_most_its_size_in_whole_sets():
     assert (BucketTable(100_000).capacity, BucketTable(3).capacity, BucketTable(1009).capacity) == (100_000, 3, 1008)
     with pytest.raises(ValueError):
         BucketTable(0)
+
+
+def test_the_yielding_lock_excludes_threads_and_falls_back_to_blocking():
+    lock = YieldingLock()
+    inside = [0]
+    most = [0]
+    counter = [0]
+
+    def run():
+        for _ in range(300):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                value = counter[0]
+                time.sleep(0)  # give the GIL away inside: another thread must still wait
+                counter[0] = value + 1
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (counter[0], most[0]) == (1200, 1)
+
+    # A holder that keeps the lock past the waiter's spins: the waiter blocks, then gets it.
+    got = threading.Event()
+    lock.__enter__()
+    waiter = threading.Thread(target=lambda: (lock.__enter__(), got.set(), lock.__exit__()))
+    waiter.start()
+    time.sleep(0.2)  # far longer than 100 yields
+    assert not got.is_set()
+    lock.__exit__()
+    assert got.wait(5)
+    waiter.join(5)
