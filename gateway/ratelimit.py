@@ -78,9 +78,9 @@ class YieldingLock:
     Eight request threads asking for one client's bucket form a convoy on a plain
     `threading.Lock`: a thread made to drop the GIL inside the short critical section
     leaves the others asleep on the lock, each woken in turn only to wait for the GIL
-    again. Measured in process with eight threads, the gateway's CPU per request went
-    from ~290 µs without the lock to 370-460 µs with a plain one, and back to ~310 µs
-    with this one. A waiter tries `SPINS` times, yielding the GIL (`time.sleep(0)`)
+    again. Measured in process with eight threads, the gateway's CPU per request was
+    410-470 µs with a plain lock and 320-345 µs with this one (the bare handler's:
+    250-275 µs). A waiter tries `SPINS` times, yielding the GIL (`time.sleep(0)`)
     between tries, so the holder runs and finishes; past that it blocks as usual (the
     holder may itself be waiting on another process's record lock).
     """
