@@ -11,7 +11,7 @@ from config_watch._etcd import EtcdClient, EtcdError
 
 
 class Poller:
-    """GETs over one keep-alive connection (reopened once if the server closed it).
+    """Requests over one keep-alive connection (reopened once if the server closed it).
 
     gunicorn's gthread worker drops a keep-alive connection after 2 s idle, so the first
     request after a pause may need a new connection; every timed sample in the bench is
@@ -32,15 +32,20 @@ class Poller:
         return self._conn
 
     def get(self, path: str = "/") -> tuple[int, http.client.HTTPMessage, bytes]:
+        return self.send("GET", path, headers={"User-Agent": "bench-poller"})
+
+    def send(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One request and its whole answer: status, headers, body."""
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                conn.request("GET", path, headers={"User-Agent": "bench-poller"})
+                conn.request(method, path, body=body, headers=headers or {})
                 resp = conn.getresponse()
-                body = resp.read()
+                data = resp.read()
                 if resp.will_close:
                     self.close()
-                return resp.status, resp.headers, body
+                return resp.status, resp.headers, data
             except (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionError) as exc:
                 self.close()
                 self.reconnects += 1

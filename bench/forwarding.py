@@ -15,11 +15,11 @@ samples are taken.
 
 from __future__ import annotations
 
-import http.client
 import os
-import socket
 import time
 from pathlib import Path
+
+from bench.clients import Poller
 
 # A small job: the bench measures the path, not the hashing.
 JOB_BODY = b'{"bench": "forwarding"}'
@@ -30,43 +30,29 @@ BARE_SOURCE = Path(__file__).resolve().parent / "bare" / "main.py"
 
 
 class _Conn:
-    """Requests over one keep-alive connection, reopened if the server closed it."""
+    """One kind of request, timed, over one keep-alive connection."""
 
     def __init__(self, port: int, headers: dict[str, str], method: str = "POST", path: str = JOB_PATH,
                  body: bytes | None = JOB_BODY) -> None:
         self.port, self.headers = port, headers
         self.method, self.path, self.body = method, path, body
-        self.conn: http.client.HTTPConnection | None = None
-        self.reconnects = 0
+        self.poller = Poller(port)
+
+    @property
+    def reconnects(self) -> int:
+        return self.poller.reconnects
 
     def post(self) -> float:
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                self.conn.connect()
-                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                t = time.perf_counter()
-                self.conn.request(self.method, self.path, body=self.body, headers=self.headers)
-                resp = self.conn.getresponse()
-                resp.read()
-                elapsed = time.perf_counter() - t
-                if resp.status != 200:
-                    raise RuntimeError(f"forwarding bench: port {self.port} answered {resp.status}")
-                if resp.will_close:
-                    self.close()
-                return elapsed
-            except (http.client.RemoteDisconnected, ConnectionError):
-                self.close()
-                self.reconnects += 1
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        self.poller._connection()  # opened before the clock starts
+        t = time.perf_counter()
+        status, _, _ = self.poller.send(self.method, self.path, self.body, self.headers)
+        elapsed = time.perf_counter() - t
+        if status != 200:
+            raise RuntimeError(f"forwarding bench: port {self.port} answered {status}")
+        return elapsed
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.poller.close()
 
 
 class ForwardingBench:

@@ -23,16 +23,15 @@ seen by the pollers.)
 from __future__ import annotations
 
 import datetime
-import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import threading
 import time
 from dataclasses import dataclass
 
+from bench.clients import Poller
 from config_watch import RATE_LIMIT, THREADS
 
 # The job of the throughput rounds: 256 KiB of random bytes, 4 rounds, ~35 ms on one
@@ -46,36 +45,15 @@ CLIENTS = 4
 CHANGE_TIMEOUT = 5.0
 
 
-class Client:
-    """One keep-alive HTTP/1.1 connection (reopened once if the server closed it)."""
+class Client(Poller):
+    """JSON answers over one keep-alive connection."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
-        self._conn: http.client.HTTPConnection | None = None
+        super().__init__(port, timeout=30)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                self._conn.connect()
-                self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                self._conn.request(method, path, body=body)
-                resp = self._conn.getresponse()
-                data = json.loads(resp.read())
-                if resp.will_close:
-                    self.close()
-                return resp.status, data
-            except (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionError):
-                self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        status, _, data = self.send(method, path, body)
+        return status, json.loads(data)
 
 
 def applied_times(log_path: str) -> dict[int, float]:
