@@ -302,10 +302,9 @@ class FleetRateLimit:
         membership = self.membership
         listed = membership.serve() if membership is not None else None
         limit = self._rules(snapshot).limit_for(path, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST])
-        own = snapshot[RATE_LIMIT_SCOPE] == "process"
-        members = 1 if own else self.members(snapshot, listed)
+        members = self.members(snapshot, listed)
         decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=members, rule=limit.rule,
-                                      own=own)
+                                      own=snapshot[RATE_LIMIT_SCOPE] == "process")
         return RateLimitResult(decision, limit, members)
 
     def status(self, snapshot: Snapshot, details: bool = False) -> dict:
