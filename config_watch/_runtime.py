@@ -16,6 +16,7 @@ from typing import Mapping
 
 from ._errors import PERMANENT, ConfigUnavailable
 from ._logging import configure_logging
+from ._pid import current_pid
 from ._schema import GLOBAL_PREFIX, service_prefix
 from ._settings import Settings
 from ._snapshot import Snapshot
@@ -34,7 +35,7 @@ class ConfigRuntime:
         """Raises SettingsError (ConfigurationError for TLS files) if the settings
         cannot work: a missing or unreadable file is a bad setting, found here."""
         self.settings = settings
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.prefixes = [service_prefix(settings.service), GLOBAL_PREFIX]
         tls = TlsMaterial.load(settings)
         self.watcher = ConfigWatcher(lambda: EtcdSource(settings, self.prefixes, tls), self.prefixes, settings)
@@ -93,11 +94,11 @@ def get_runtime(env: Mapping[str, str] | None = None) -> ConfigRuntime:
     """This process's runtime, started on first call (and again in a forked child)."""
     global _runtime
     runtime = _runtime
-    if runtime is not None and runtime.pid == os.getpid():
+    if runtime is not None and runtime.pid == current_pid():
         return runtime
     with _runtime_lock:
         runtime = _runtime
-        if runtime is None or runtime.pid != os.getpid():
+        if runtime is None or runtime.pid != current_pid():
             settings = Settings.from_env(env)
             configure_logging(settings.log_level)
             # A runtime inherited from the parent is dropped, not stopped: its thread

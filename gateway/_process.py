@@ -8,9 +8,10 @@ does) and a child that finds another pid's value makes its own.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Callable, Generic, TypeVar
+
+from config_watch._pid import current_pid
 
 T = TypeVar("T")
 
@@ -27,19 +28,19 @@ class PerProcess(Generic[T]):
 
     def get(self, *args) -> T:
         held = self._held
-        if held is not None and held[0] == os.getpid():
+        if held is not None and held[0] == current_pid():
             return held[1]
         with self._lock:
             held = self._held
-            if held is None or held[0] != os.getpid():
+            if held is None or held[0] != current_pid():
                 # Another process's value is dropped, not closed: its sockets belong to it.
-                held = self._held = (os.getpid(), self._factory(*args))
+                held = self._held = (current_pid(), self._factory(*args))
         return held[1]
 
     def peek(self) -> T | None:
         """This process's value if it was made, without making it."""
         held = self._held
-        return held[1] if held is not None and held[0] == os.getpid() else None
+        return held[1] if held is not None and held[0] == current_pid() else None
 
     def reset(self) -> None:
         """Forget the value (tests, and settings changed in place)."""

@@ -43,6 +43,8 @@ WAYS = 8
 _SLOT = "Qddi4x"
 _SLOT_STRUCT = struct.Struct("<" + _SLOT)
 SLOT_BYTES = _SLOT_STRUCT.size
+# A slot's values after its tag: tokens, updated, members.
+_SLOT_VALUES = struct.Struct("<ddi")
 # Before the slots: the number of slots in use, and of processes that attached.
 _HEADER = struct.Struct("<QQ")
 _USERS = struct.Struct("<Q")
@@ -90,6 +92,8 @@ class BucketTable:
         self.group = new_group()
         self._set = struct.Struct("<" + _SLOT * self.ways)
         self._set_bytes = self._set.size
+        # Just the tags of a set, for the lookup every request makes.
+        self._tags = struct.Struct("<" + f"Q{SLOT_BYTES - 8}x" * self.ways)
         # Anonymous and MAP_SHARED: forked children see the same pages; untouched
         # pages cost nothing until a client lands in them.
         self._memory = mmap.mmap(-1, _HEADER.size + self.sets * self._set_bytes)
@@ -123,6 +127,14 @@ class BucketTable:
 
     def unlock(self, set_index: int) -> None:
         fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, set_index)
+
+    def tags(self, set_index: int) -> tuple[int, ...]:
+        """The set's tags, way by way (0: empty)."""
+        return self._tags.unpack_from(self._memory, _HEADER.size + set_index * self._set_bytes)
+
+    def slot(self, set_index: int, way: int) -> tuple[float, float, int]:
+        """One slot's tokens, last update and members."""
+        return _SLOT_VALUES.unpack_from(self._memory, _HEADER.size + set_index * self._set_bytes + way * SLOT_BYTES + 8)
 
     def read(self, set_index: int) -> tuple:
         """The set's slots, flat: (tag, tokens, updated, members) for each way."""

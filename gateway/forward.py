@@ -51,7 +51,7 @@ UPSTREAM_REVISION_HEADER = "X-Upstream-Config-Revision"
 # client library makes); anything else is replaced by a fresh one, so logs downstream
 # never carry a client's free text.
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-# Header names and values http.client would refuse to send (token chars; no CR, LF, NUL).
+# Header names and values that cannot go on the wire as they are (token chars; no CR, LF, NUL).
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
 # Characters a decoded path keeps as they are when it is encoded again for the request

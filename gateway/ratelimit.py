@@ -25,7 +25,6 @@ In `process` scope each process keeps buckets of its own, holding the whole limi
 from __future__ import annotations
 
 import math
-import os
 import random
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Callable, Mapping, NamedTuple
 
 from config_watch import RATE_LIMIT, RATE_LIMIT_BURST, RATE_LIMIT_SCOPE, RATE_LIMITS, RateRule, Snapshot
 from config_watch import Membership
+from config_watch._pid import current_pid
 
 from .buckets import BucketTable, Slot, key_tag, partition_tag
 
@@ -154,25 +154,29 @@ class RateLimiter:
             per_second, capacity, initial = share
         table = self.table
         base = key_tag(rule, client)
-        tag = partition_tag(base, os.getpid()) if own else base
+        tag = partition_tag(base, current_pid()) if own else base
         set_index = table.set_of(base)
         with self._lock:
             locked = table.shared()
             if locked:
                 table.lock(set_index)
             try:
-                values = table.read(set_index)
-                slot = table.find(values, tag)
-                if slot is not None:
-                    way = slot.way
-                    if slot.members == members:
-                        tokens = min(capacity, slot.tokens + max(0.0, now - slot.updated) * per_second)
+                tags = table.tags(set_index)
+                if tag in tags:  # a known bucket: the path nearly every request takes
+                    way = tags.index(tag)
+                    tokens, updated, slot_members = table.slot(set_index, way)
+                    if slot_members == members:
+                        tokens = min(capacity, tokens + max(0.0, now - updated) * per_second)
                     else:  # the fleet grew or shrank: same fill ratio, new size
-                        tokens = self._rescaled(slot, now, rate_per_minute, burst, capacity)
+                        tokens = self._rescaled(Slot(way, tokens, updated, slot_members), now, rate_per_minute, burst,
+                                                capacity)
+                    known = True
                 else:
                     # New here; the same client's bucket in the other partition gives its
                     # fill ratio (the scope changed), else a new client's first fill.
-                    other = table.find(values, base if own else partition_tag(base, os.getpid()))
+                    known = False
+                    values = table.read(set_index)
+                    other = table.find(values, base if own else partition_tag(base, current_pid()))
                     if other is not None:
                         tokens = self._rescaled(other, now, rate_per_minute, burst, capacity)
                     elif members > 1:
@@ -186,7 +190,7 @@ class RateLimiter:
                 allowed = tokens >= 1.0
                 if allowed and consume:
                     tokens -= 1.0
-                if slot is not None or consume:  # a look at an unknown client adds nothing
+                if known or consume:  # a look at an unknown client adds nothing
                     table.store(set_index, way, tag, tokens, now, members)
             finally:
                 if locked:
@@ -270,6 +274,17 @@ class RateLimitResult(NamedTuple):
         }
 
 
+class _Plan(NamedTuple):
+    """What the rate-limit step decides once per snapshot and member list, not per request."""
+
+    snapshot: Snapshot
+    listed: Mapping | None
+    rules: RuleTable
+    default: Limit
+    members: int
+    own: bool  # process scope: this process's own buckets
+
+
 class FleetRateLimit:
     """One process's rate-limit step: picks the request's limit (rule or default), splits
     it between the live members in `cluster` scope, keeps this process's membership
@@ -280,6 +295,7 @@ class FleetRateLimit:
         self.limiter = RateLimiter(max_clients, clock=clock, table=table)
         self.membership = membership
         self._table = RuleTable({})
+        self._plan: _Plan | None = None
 
     def _rules(self, snapshot: Snapshot) -> RuleTable:
         rules = snapshot.family(RATE_LIMITS)
@@ -297,15 +313,22 @@ class FleetRateLimit:
             return 1
         return self.membership.count(listed)
 
+    def _plan_for(self, snapshot: Snapshot, listed: Mapping | None) -> _Plan:
+        plan = self._plan
+        if plan is None or plan.snapshot is not snapshot or plan.listed is not listed:
+            plan = self._plan = _Plan(snapshot, listed, self._rules(snapshot),
+                                      Limit(DEFAULT_RULE, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST]),
+                                      self.members(snapshot, listed), snapshot[RATE_LIMIT_SCOPE] == "process")
+        return plan
+
     def check(self, snapshot: Snapshot, path: str, client: str, consume: bool = True) -> RateLimitResult:
         """The decision for one request (consume=False: look without taking a token)."""
         membership = self.membership
-        listed = membership.serve() if membership is not None else None
-        limit = self._rules(snapshot).limit_for(path, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST])
-        members = self.members(snapshot, listed)
-        decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=members, rule=limit.rule,
-                                      own=snapshot[RATE_LIMIT_SCOPE] == "process")
-        return RateLimitResult(decision, limit, members)
+        plan = self._plan_for(snapshot, membership.serve() if membership is not None else None)
+        limit = plan.rules.limit_for(path, plan.default.rate, plan.default.burst) if plan.rules.rules else plan.default
+        decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=plan.members, rule=limit.rule,
+                                      own=plan.own)
+        return RateLimitResult(decision, limit, plan.members)
 
     def status(self, snapshot: Snapshot, details: bool = False) -> dict:
         rules = self._rules(snapshot)

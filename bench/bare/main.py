@@ -31,6 +31,7 @@ def bare(request: flask.Request) -> flask.Response:
                                                        "rate_limits": {}, "experiments": {}}}
     # Headers passed as the gateway passes them (to the constructor).
     headers = {"X-Config-Revision": "1", "Cache-Control": "no-store", "RateLimit-Limit": "1000000",
-               "RateLimit-Remaining": "999999", "RateLimit-Reset": "1"}
+               "RateLimit-Remaining": "999999", "RateLimit-Reset": "1",
+               "RateLimit-Policy": "1000000;w=60;burst=1000000"}
     return flask.Response(json.dumps(body, separators=(",", ":")), status=200, mimetype="application/json",
                           headers=list(headers.items()))
