@@ -135,31 +135,29 @@ class _Reader:
         self.pos = 0
         return True
 
-    def head(self) -> bytes:
-        """Up to the blank line that ends a message head (which is consumed)."""
+    def _until(self, delimiter: bytes, limit: int, too_long: str, closed: str, closed_empty: str) -> bytes:
+        """The bytes before `delimiter` (which is consumed); broken past `limit` or at the end of the stream."""
         while True:
-            end = self.buf.find(b"\r\n\r\n", self.pos)
+            end = self.buf.find(delimiter, self.pos)
+            if end - self.pos > limit:  # found or not, too long already
+                raise _broken(too_long)
             if end >= 0:
-                head = self.buf[self.pos:end]
-                self.pos = end + 4
-                return head
-            if len(self.buf) - self.pos > MAX_HEAD_BYTES:
-                raise _broken(f"answer head longer than {MAX_HEAD_BYTES} bytes")
+                data = self.buf[self.pos:end]
+                self.pos = end + len(delimiter)
+                return data
+            if len(self.buf) - self.pos > limit:
+                raise _broken(too_long)
             if not self.fill():
-                raise _broken("connection closed before a whole answer head" if len(self.buf) > self.pos
-                              else "connection closed without an answer")
+                raise _broken(closed if len(self.buf) > self.pos else closed_empty)
+
+    def head(self) -> bytes:
+        """Up to the blank line that ends a message head."""
+        return self._until(b"\r\n\r\n", MAX_HEAD_BYTES, f"answer head longer than {MAX_HEAD_BYTES} bytes",
+                           "connection closed before a whole answer head", "connection closed without an answer")
 
     def line(self) -> bytes:
-        while True:
-            end = self.buf.find(b"\r\n", self.pos)
-            if end >= 0:
-                line = self.buf[self.pos:end]
-                self.pos = end + 2
-                return line
-            if len(self.buf) - self.pos > MAX_LINE_BYTES:
-                raise _broken("chunked answer: line too long")
-            if not self.fill():
-                raise _broken("connection closed inside a chunked answer")
+        return self._until(b"\r\n", MAX_LINE_BYTES, "chunked answer: line too long",
+                           "connection closed inside a chunked answer", "connection closed inside a chunked answer")
 
     def exact(self, n: int) -> bytes:
         while len(self.buf) - self.pos < n:

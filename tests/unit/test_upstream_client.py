@@ -209,6 +209,9 @@ def test_interim_answers_are_skipped(serve):
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", "CRLF"),
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", "switched"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"x" * (70 << 10) + b"\r\n\r\n", "head longer"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;" + b"e" * 5000 + b"\r\nhello\r\n0\r\n\r\n",
+     "line too long"),
 ])
 def test_an_answer_that_could_be_read_two_ways_is_broken(serve, answer, detail):
     _, pool = serve(answer)
