@@ -76,7 +76,6 @@ class Membership:
         # instance, which share one bucket table); by default this process alone.
         self.group = group or new_group()
         self.member_id = f"{self.group}.{self.pid}"
-        self._counted: tuple[Mapping[str, Any] | None, int] = (None, 0)
         self.key = self.prefix + self.member_id
         # Made by the helper on first use: unreadable TLS files are then a logged
         # failure to register, never an error in a request.
@@ -169,13 +168,8 @@ class Membership:
         this process's group if none of its records is listed (not registered yet, or
         refused): it serves, so it takes a share."""
         members = self.members() if members is None else members
-        counted = self._counted
-        if counted[0] is members:  # the same snapshot's family: counted once per change
-            return counted[1]
         groups = {member_group(member) for member in members}
-        count = len(groups) + (0 if self.group in groups else 1)
-        self._counted = (members, count)
-        return count
+        return len(groups) + (0 if self.group in groups else 1)
 
     def lease_age(self) -> float | None:
         """Seconds since the lease was last granted or renewed (None: never)."""

@@ -19,7 +19,7 @@ from config_watch import BREAKER_FAILURES, BREAKER_HALF_OPEN_SUCCESSES, BREAKER_
 from .breaker import CircuitBreaker, Refusal, Thresholds
 from .responses import json_response
 from .settings import GatewaySettings
-from .upstream import Answer, Unsendable, UpstreamError, UpstreamPool
+from .upstream import BAD_VALUE_RE, TOKEN_RE, Answer, Unsendable, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ UPSTREAM_REVISION_HEADER = "X-Upstream-Config-Revision"
 # client library makes); anything else is replaced by a fresh one, so logs downstream
 # never carry a client's free text.
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-# Header names and values that cannot go on the wire as they are (token chars; no CR, LF, NUL).
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
 # Characters a decoded path keeps as they are when it is encoded again for the request
 # line (RFC 3986 pchar and '/'); a query string is raw already, so '%', '?' stay too.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
@@ -98,7 +95,7 @@ def _target(environ: dict, base_path: str) -> str:
 def _sendable(value: str) -> bool:
     """Whether a header value can go on the wire as it came (a WSGI server hands over
     latin-1 text; anything else, or a line break, is not a header we received)."""
-    if _BAD_VALUE_RE.search(value):
+    if BAD_VALUE_RE.search(value):
         return False
     if value.isascii():
         return True
@@ -138,7 +135,7 @@ class Forwarder:
         headers: dict[str, str] = {}
         for name, value in request.headers.items():
             lower = name.lower()
-            if lower in dropped or not _TOKEN_RE.fullmatch(name) or not _sendable(value):
+            if lower in dropped or not TOKEN_RE.fullmatch(name) or not _sendable(value):
                 continue
             headers[name] = value if name not in headers else headers[name] + ", " + value
         peer = environ.get("REMOTE_ADDR") or "unknown"

@@ -280,7 +280,8 @@ class _Plan(NamedTuple):
     snapshot: Snapshot
     listed: Mapping | None
     rules: RuleTable
-    default: Limit
+    rate: int  # the default limit
+    burst: int
     members: int
     own: bool  # process scope: this process's own buckets
 
@@ -316,16 +317,16 @@ class FleetRateLimit:
     def _plan_for(self, snapshot: Snapshot, listed: Mapping | None) -> _Plan:
         plan = self._plan
         if plan is None or plan.snapshot is not snapshot or plan.listed is not listed:
-            plan = self._plan = _Plan(snapshot, listed, self._rules(snapshot),
-                                      Limit(DEFAULT_RULE, snapshot[RATE_LIMIT], snapshot[RATE_LIMIT_BURST]),
-                                      self.members(snapshot, listed), snapshot[RATE_LIMIT_SCOPE] == "process")
+            plan = self._plan = _Plan(snapshot, listed, self._rules(snapshot), snapshot[RATE_LIMIT],
+                                      snapshot[RATE_LIMIT_BURST], self.members(snapshot, listed),
+                                      snapshot[RATE_LIMIT_SCOPE] == "process")
         return plan
 
     def check(self, snapshot: Snapshot, path: str, client: str, consume: bool = True) -> RateLimitResult:
         """The decision for one request (consume=False: look without taking a token)."""
         membership = self.membership
         plan = self._plan_for(snapshot, membership.serve() if membership is not None else None)
-        limit = plan.rules.limit_for(path, plan.default.rate, plan.default.burst) if plan.rules.rules else plan.default
+        limit = plan.rules.limit_for(path, plan.rate, plan.burst)
         decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=plan.members, rule=limit.rule,
                                       own=plan.own)
         return RateLimitResult(decision, limit, plan.members)

@@ -43,12 +43,13 @@ MAX_HEAD_BYTES = 64 << 10
 MAX_LINE_BYTES = 4096
 _RECV_BYTES = 64 << 10
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_TOKEN_TEXT_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# What a request target or header value may not carry onto the wire.
+# An HTTP token (a method, a header name), as text and as bytes.
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TOKEN_BYTES_RE = re.compile(TOKEN_RE.pattern.encode())
+# What a header value may not carry (in a request, or an answer), and a request target.
+BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
+_BAD_VALUE_BYTES_RE = re.compile(BAD_VALUE_RE.pattern.encode())
 _BAD_TARGET_RE = re.compile(r"[\x00-\x20\x7f]")
-_BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
-_BAD_ANSWER_VALUE_RE = re.compile(rb"[\r\n\x00]")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Methods whose request has a body by meaning: sent with Content-Length: 0 when empty.
 _BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH"})
@@ -86,13 +87,13 @@ def _dropped(sock: socket.socket) -> bool:
 
 def request_bytes(method: str, target: str, host: str, body: bytes | None, headers: dict[str, str]) -> bytes:
     """The request as it goes on the wire, head and body in one piece (Unsendable if it cannot)."""
-    if not _TOKEN_TEXT_RE.fullmatch(method):
+    if not TOKEN_RE.fullmatch(method):
         raise Unsendable(f"method {method[:40]!r} is not an HTTP token")
     if not target.startswith("/") or not target.isascii() or _BAD_TARGET_RE.search(target):
         raise Unsendable("request target must be printable ASCII starting with '/'")
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     for name, value in headers.items():
-        if not _TOKEN_TEXT_RE.fullmatch(name) or _BAD_VALUE_RE.search(value):
+        if not TOKEN_RE.fullmatch(name) or BAD_VALUE_RE.search(value):
             raise Unsendable(f"header {name[:40]!r} cannot be sent")
         lines.append(f"{name}: {value}")
     if body is not None:
@@ -196,10 +197,10 @@ def _parse_head(head: bytes) -> tuple[bool, int, list[tuple[str, str]]]:
         for line in rest.split(b"\r\n"):
             name, colon, value = line.partition(b":")
             # A folded line starts with a space, which no token holds: refused with the rest.
-            if not colon or not _TOKEN_RE.fullmatch(name):
+            if not colon or not _TOKEN_BYTES_RE.fullmatch(name):
                 raise _broken(f"malformed header line {line[:60]!r}")
             value = value.strip(b" \t")
-            if _BAD_ANSWER_VALUE_RE.search(value):
+            if _BAD_VALUE_BYTES_RE.search(value):
                 raise _broken(f"header {name[:40]!r} holds a line break or NUL")
             headers.append((name.decode("ascii"), value.decode("latin-1")))
     return version == b"HTTP/1.1", int(code), headers
