@@ -13,8 +13,13 @@ from config_watch import EXPERIMENTS, assignments, experiments_header
 HEADER = "X-Experiments"
 
 
+def running(snapshot) -> bool:
+    """Whether any experiment is running."""
+    return bool(snapshot.family(EXPERIMENTS))
+
+
 def header_value(snapshot, identity: str) -> str | None:
     """`name=variant,...` sorted by name, or None when no experiment is running."""
-    if not snapshot.family(EXPERIMENTS):
+    if not running(snapshot):
         return None
     return experiments_header(assignments(snapshot, identity))

@@ -62,6 +62,18 @@ def status(runtime) -> flask.Response:
     return json_response(body, 200, {"Cache-Control": "no-store"})
 
 
+# What the pipeline asks of the last snapshot it served, worked out once per snapshot
+# (a snapshot never changes): (snapshot, its revision as text, maintenance on, any
+# experiment running). A tuple, read and replaced whole.
+_facts: tuple = (None, "", False, False)
+
+
+def _facts_of(snapshot) -> tuple:
+    global _facts
+    _facts = (snapshot, str(snapshot.revision), maintenance.active(snapshot), experiments.running(snapshot))
+    return _facts
+
+
 def handle(request: flask.Request) -> flask.Response:
     try:
         runtime = config_watch.get_runtime()
@@ -81,13 +93,16 @@ def handle(request: flask.Request) -> flask.Response:
     except config_watch.ConfigUnavailable as exc:  # never synced, and etcd refuses us
         return misconfigured(exc.reason)
     client = client_identity(request.environ, runtime.settings.trusted_proxy_hops)
-    headers = {"X-Config-Revision": str(snapshot.revision), "Cache-Control": "no-store"}
+    held, revision, in_maintenance, has_experiments = _facts
+    if held is not snapshot:
+        held, revision, in_maintenance, has_experiments = _facts_of(snapshot)
+    headers = {"X-Config-Revision": revision, "Cache-Control": "no-store"}
 
-    variants = experiments.header_value(snapshot, client)
+    variants = experiments.header_value(snapshot, client) if has_experiments else None
     if variants:
         headers[experiments.HEADER] = variants
 
-    if maintenance.active(snapshot):
+    if in_maintenance:
         headers.update(limits.check(runtime, snapshot, client, path, consume=False).headers())
         return maintenance.refusal(snapshot, headers)
 

@@ -24,7 +24,7 @@ In `process` scope each process keeps buckets of its own, holding the whole limi
 
 from __future__ import annotations
 
-import math
+from math import ceil, floor
 import random
 import threading
 import time
@@ -34,11 +34,14 @@ from config_watch import RATE_LIMIT, RATE_LIMIT_BURST, RATE_LIMIT_SCOPE, RATE_LI
 from config_watch import Membership
 from config_watch._pid import current_pid
 
-from .buckets import BucketTable, Slot, key_tag, partition_tag
+from .buckets import USERS_WORD, BucketTable, Slot, key_tag, partition_tag
 
 # Tokens a process's bucket may hold beyond its share of the burst when the limit is
 # split between processes: the figure that closes the gap that random spread leaves.
 SLACK_TOKENS = 1.0
+# Bucket places a process remembers (its busiest clients'), so a request finds its slot
+# without unpacking a set: ~1.6 MB at most, beside the table's fixed memory.
+PLACES = 4096
 # The name a request's limit has when no rule matches its path.
 DEFAULT_RULE = ""
 
@@ -49,6 +52,9 @@ class Decision(NamedTuple):
     remaining: int  # whole tokens left after this request, in the configured (fleet) burst's terms
     reset_seconds: int  # until the bucket is full again
     retry_after: int  # until the next request would be allowed (0 when allowed)
+
+
+_new_tuple = tuple.__new__
 
 
 class Share(NamedTuple):
@@ -86,23 +92,28 @@ class YieldingLock:
     """
 
     SPINS = 100
-    __slots__ = ("_lock",)
+    __slots__ = ("lock",)
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # The mutex itself: a caller may try it first (`lock.acquire(False)`), call
+        # `wait()` only when that fails, and `lock.release()` after.
+        self.lock = threading.Lock()
 
-    def __enter__(self) -> None:
-        lock = self._lock
-        if lock.acquire(False):
-            return
+    def wait(self) -> None:
+        """Acquire, after a first try failed: yield to the holder, then block."""
+        lock = self.lock
         for _ in range(self.SPINS):
             time.sleep(0)
             if lock.acquire(False):
                 return
         lock.acquire()
 
+    def __enter__(self) -> None:
+        if not self.lock.acquire(False):
+            self.wait()
+
     def __exit__(self, *exc) -> None:
-        self._lock.release()
+        self.lock.release()
 
 
 class RateLimiter:
@@ -125,6 +136,9 @@ class RateLimiter:
         self._share = share
         self._rounding = rounding  # uniform in [0, 1): the random part of a split bucket's first fill
         self._last_share: tuple[tuple, Share | None] = ((), None)
+        # Where this process last found each key's bucket: (slot's word, set, tag).
+        # Checked against the slot's tag before use, so an eviction or a move is seen.
+        self._places: dict[tuple, tuple[int, int, int]] = {}
         # The table's record locks do not exclude this process's own threads.
         self._lock = YieldingLock()
 
@@ -153,6 +167,45 @@ class RateLimiter:
             self._last_share = (shared, share)
             per_second, capacity, initial = share
         table = self.table
+        # Own buckets are tagged with the pid: a child must not take its parent's places.
+        key = (rule, client, current_pid()) if own else (rule, client)
+        place = self._places.get(key) if consume else None
+        if place is not None:
+            # A bucket this process found before: nearly every request. Its slot is read
+            # and written word by word, if it still holds the key at the same N. Written
+            # out flat (no helper calls): this is the costliest step of a request, and
+            # in a busy server's cold caches each call costs a microsecond or more.
+            word, set_index, tag = place
+            words, floats = table.words, table.floats
+            taken = None
+            lock = self._lock.lock
+            if not lock.acquire(False):
+                self._lock.wait()
+            try:
+                locked = words[USERS_WORD] > 1  # table.shared()
+                if locked:
+                    table.lock(set_index)
+                try:
+                    if words[word] == tag and words[word + 3] == members:
+                        tokens = floats[word + 1]
+                        elapsed = now - floats[word + 2]
+                        if elapsed > 0.0:
+                            tokens += elapsed * per_second
+                        if tokens > capacity:
+                            tokens = capacity
+                        taken = tokens >= 1.0
+                        if taken:
+                            tokens -= 1.0
+                        floats[word + 1] = tokens
+                        floats[word + 2] = now
+                finally:
+                    if locked:
+                        table.unlock(set_index)
+            finally:
+                lock.release()
+            if taken is not None:
+                return self._decision(taken, rate_per_minute, burst, per_second, capacity, tokens)
+            # Evicted, or measured at another N: the full path below.
         base = key_tag(rule, client)
         tag = partition_tag(base, current_pid()) if own else base
         set_index = table.set_of(base)
@@ -161,21 +214,17 @@ class RateLimiter:
             if locked:
                 table.lock(set_index)
             try:
-                tags = table.tags(set_index)
-                if tag in tags:  # a known bucket: the path nearly every request takes
-                    way = tags.index(tag)
-                    tokens, updated, slot_members = table.slot(set_index, way)
-                    if slot_members == members:
-                        tokens = min(capacity, tokens + max(0.0, now - updated) * per_second)
+                values = table.read(set_index)
+                found = table.find(values, tag)
+                if found is not None:
+                    way = found.way
+                    if found.members == members:
+                        tokens = min(capacity, found.tokens + max(0.0, now - found.updated) * per_second)
                     else:  # the fleet grew or shrank: same fill ratio, new size
-                        tokens = self._rescaled(Slot(way, tokens, updated, slot_members), now, rate_per_minute, burst,
-                                                capacity)
-                    known = True
+                        tokens = self._rescaled(found, now, rate_per_minute, burst, capacity)
                 else:
                     # New here; the same client's bucket in the other partition gives its
                     # fill ratio (the scope changed), else a new client's first fill.
-                    known = False
-                    values = table.read(set_index)
                     other = table.find(values, base if own else partition_tag(base, current_pid()))
                     if other is not None:
                         tokens = self._rescaled(other, now, rate_per_minute, burst, capacity)
@@ -190,11 +239,16 @@ class RateLimiter:
                 allowed = tokens >= 1.0
                 if allowed and consume:
                     tokens -= 1.0
-                if known or consume:  # a look at an unknown client adds nothing
+                if found is not None or consume:  # a look at an unknown client adds nothing
                     table.store(set_index, way, tag, tokens, now, members)
             finally:
                 if locked:
                     table.unlock(set_index)
+        if consume:
+            places = self._places
+            if len(places) >= PLACES:
+                places.clear()  # a flood of new clients: start again, the busy ones come back first
+            places[key] = (table.slot_word(set_index, way), set_index, tag)
         return self._decision(allowed, rate_per_minute, burst, per_second, capacity, tokens)
 
     def _rescaled(self, slot: Slot, now: float, rate_per_minute: int, burst: int, capacity: float) -> float:
@@ -208,14 +262,16 @@ class RateLimiter:
     def _decision(allowed: bool, rate_per_minute: int, burst: int, per_second: float, capacity: float,
                   tokens: float) -> Decision:
         if per_second > 0:
-            reset = math.ceil((capacity - tokens) / per_second) if tokens < capacity else 0
-            retry = 0 if tokens >= 1.0 or allowed else math.ceil((1.0 - tokens) / per_second)
+            reset = ceil((capacity - tokens) / per_second) if tokens < capacity else 0
+            retry = 0 if allowed else max(1, ceil((1.0 - tokens) / per_second))
         else:  # a rate of 0 never refills: tell clients to come back in a minute
             reset = 60 if tokens < capacity else 0
             retry = 0 if allowed else 60
         # This process's fill ratio, stated in the configured burst: what the client may expect.
-        remaining = 0 if tokens < 1.0 or capacity <= 0 else min(burst, math.floor(tokens * burst / capacity + 1e-9))
-        return Decision(allowed, rate_per_minute, remaining, reset, max(retry, 0 if allowed else 1))
+        remaining = 0 if tokens < 1.0 or capacity <= 0 else floor(tokens * burst / capacity + 1e-9)
+        # tuple.__new__ builds the NamedTuple without its Python-level __new__: this runs
+        # on every request.
+        return _new_tuple(Decision, (allowed, rate_per_minute, remaining if remaining < burst else burst, reset, retry))
 
 
 # --- the gateway's rate-limit step: rules, scope and the fleet's member count ---------
@@ -266,12 +322,25 @@ class RateLimitResult(NamedTuple):
 
     def headers(self) -> dict[str, str]:
         d = self.decision
+        limit_text, policy = _LIMIT_TEXTS.get(self.limit) or _limit_texts(self.limit)
         return {
-            "RateLimit-Limit": str(d.limit),
+            "RateLimit-Limit": limit_text,
             "RateLimit-Remaining": str(d.remaining),
             "RateLimit-Reset": str(d.reset_seconds),
-            "RateLimit-Policy": self.limit.policy(),
+            "RateLimit-Policy": policy,
         }
+
+
+# The RateLimit-Limit and RateLimit-Policy texts of the limits in use (the default and
+# the rules: a handful), made once rather than on every request.
+_LIMIT_TEXTS: dict[Limit, tuple[str, str]] = {}
+
+
+def _limit_texts(limit: Limit) -> tuple[str, str]:
+    if len(_LIMIT_TEXTS) >= 256:  # limits changed many times: start again
+        _LIMIT_TEXTS.clear()
+    texts = _LIMIT_TEXTS[limit] = (str(limit.rate), limit.policy())
+    return texts
 
 
 class _Plan(NamedTuple):
@@ -314,18 +383,19 @@ class FleetRateLimit:
             return 1
         return self.membership.count(listed)
 
-    def _plan_for(self, snapshot: Snapshot, listed: Mapping | None) -> _Plan:
-        plan = self._plan
-        if plan is None or plan.snapshot is not snapshot or plan.listed is not listed:
-            plan = self._plan = _Plan(snapshot, listed, self._rules(snapshot), snapshot[RATE_LIMIT],
-                                      snapshot[RATE_LIMIT_BURST], self.members(snapshot, listed),
-                                      snapshot[RATE_LIMIT_SCOPE] == "process")
+    def _new_plan(self, snapshot: Snapshot, listed: Mapping | None) -> _Plan:
+        plan = self._plan = _Plan(snapshot, listed, self._rules(snapshot), snapshot[RATE_LIMIT],
+                                  snapshot[RATE_LIMIT_BURST], self.members(snapshot, listed),
+                                  snapshot[RATE_LIMIT_SCOPE] == "process")
         return plan
 
     def check(self, snapshot: Snapshot, path: str, client: str, consume: bool = True) -> RateLimitResult:
         """The decision for one request (consume=False: look without taking a token)."""
         membership = self.membership
-        plan = self._plan_for(snapshot, membership.serve() if membership is not None else None)
+        listed = membership.serve() if membership is not None else None
+        plan = self._plan  # the same snapshot and member list as the last request, nearly always
+        if plan is None or plan.snapshot is not snapshot or plan.listed is not listed:
+            plan = self._new_plan(snapshot, listed)
         limit = plan.rules.limit_for(path, plan.rate, plan.burst)
         decision = self.limiter.check(client, limit.rate, limit.burst, consume, members=plan.members, rule=limit.rule,
                                       own=plan.own)

@@ -13,10 +13,15 @@ log = logging.getLogger(__name__)
 MISCONFIGURED_RETRY_AFTER = 60
 
 
+# The Content-Type of every JSON answer, given as a header: a response told its
+# mimetype instead works the header out again on each request (~4 µs).
+JSON_TYPE = ("Content-Type", "application/json")
+
+
 def json_response(body: dict, status: int, headers: dict[str, str] | None = None) -> flask.Response:
     # Headers given to the constructor: setting them one by one costs ~7 µs each.
-    return flask.Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json",
-                          headers=list(headers.items()) if headers else None)
+    return flask.Response(json.dumps(body, separators=(",", ":")), status,
+                          [JSON_TYPE, *headers.items()] if headers else [JSON_TYPE])
 
 
 def misconfigured(reason: str) -> flask.Response:

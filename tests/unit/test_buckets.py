@@ -55,6 +55,20 @@ def test_own_buckets_are_apart_and_start_at_the_shared_fill_ratio():
     assert admitted(limiter, "x", 5) == 2  # the shared bucket was not touched by either
 
 
+def spend_own_with(limiter: RateLimiter, client: str, expected: int) -> None:
+    assert admitted(limiter, client, expected + 3, own=True) == expected
+
+
+def test_a_forked_child_does_not_reach_its_parents_own_bucket_through_the_limiter_it_inherited():
+    table = BucketTable(100)
+    limiter = RateLimiter(table=table)
+    assert admitted(limiter, "x", 3, own=True) == 3  # this process's own bucket: two of five left
+    # The child uses the very limiter object, with its memory of where "x" lives: its
+    # own bucket is still its own, new and full.
+    assert in_child(spend_own_with, limiter, "x", 5) == 0
+    assert admitted(limiter, "x", 5, own=True) == 2
+
+
 def hammer(table: BucketTable, results, index: int) -> None:
     limiter = RateLimiter(table=table)
     counts = [0, 0]
