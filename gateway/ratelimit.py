@@ -167,89 +167,92 @@ class RateLimiter:
             self._last_share = (shared, share)
             per_second, capacity, initial = share
         table = self.table
+        words, floats = table.words, table.floats
         # Own buckets are tagged with the pid: a child must not take its parent's places.
         key = (rule, client, current_pid()) if own else (rule, client)
-        place = self._places.get(key) if consume else None
+        place = self._places.get(key)
         if place is not None:
-            # A bucket this process found before: nearly every request. Its slot is read
-            # and written word by word, if it still holds the key at the same N. Written
-            # out flat (no helper calls): this is the costliest step of a request, and
-            # in a busy server's cold caches each call costs a microsecond or more.
             word, set_index, tag = place
-            words, floats = table.words, table.floats
-            taken = None
-            lock = self._lock.lock
-            if not lock.acquire(False):
-                self._lock.wait()
-            try:
-                locked = words[USERS_WORD] > 1  # table.shared()
-                if locked:
-                    table.lock(set_index)
-                try:
-                    if words[word] == tag and words[word + 3] == members:
-                        tokens = floats[word + 1]
-                        elapsed = now - floats[word + 2]
-                        if elapsed > 0.0:
-                            tokens += elapsed * per_second
-                        if tokens > capacity:
-                            tokens = capacity
-                        taken = tokens >= 1.0
-                        if taken:
-                            tokens -= 1.0
-                        floats[word + 1] = tokens
-                        floats[word + 2] = now
-                finally:
-                    if locked:
-                        table.unlock(set_index)
-            finally:
-                lock.release()
-            if taken is not None:
-                return self._decision(taken, rate_per_minute, burst, per_second, capacity, tokens)
-            # Evicted, or measured at another N: the full path below.
-        base = key_tag(rule, client)
-        tag = partition_tag(base, current_pid()) if own else base
-        set_index = table.set_of(base)
-        with self._lock:
-            locked = table.shared()
+        else:
+            word = None
+            base = key_tag(rule, client)
+            tag = partition_tag(base, current_pid()) if own else base
+            set_index = table.set_of(base)
+        lock = self._lock.lock
+        if not lock.acquire(False):
+            self._lock.wait()
+        try:
+            locked = words[USERS_WORD] > 1  # table.shared(), asked on every request
             if locked:
                 table.lock(set_index)
             try:
-                values = table.read(set_index)
-                found = table.find(values, tag)
-                if found is not None:
-                    way = found.way
-                    if found.members == members:
-                        tokens = min(capacity, found.tokens + max(0.0, now - found.updated) * per_second)
-                    else:  # the fleet grew or shrank: same fill ratio, new size
-                        tokens = self._rescaled(found, now, rate_per_minute, burst, capacity)
+                # Nearly every request: a bucket found before, still holding the key at
+                # the same N. It is read and written word by word without helper calls:
+                # in a busy server's cold caches each call costs a microsecond or more.
+                if word is not None and words[word] == tag and words[word + 3] == members:
+                    known = True
                 else:
-                    # New here; the same client's bucket in the other partition gives its
-                    # fill ratio (the scope changed), else a new client's first fill.
-                    other = table.find(values, base if own else partition_tag(base, current_pid()))
-                    if other is not None:
-                        tokens = self._rescaled(other, now, rate_per_minute, burst, capacity)
-                    elif members > 1:
-                        tokens = min(capacity, initial + self._rounding())
-                    else:
-                        tokens = initial
-                    if consume:
-                        way, empty = table.victim(values)
-                        if empty:
-                            table.added(locked)
+                    word, known, tokens, way = self._find(rule, client, own, set_index, tag, now, members,
+                                                          rate_per_minute, burst, capacity, initial, consume,
+                                                          locked)
+                if known:  # refilled at the share it was measured in (the same N)
+                    tokens = floats[word + 1]
+                    elapsed = now - floats[word + 2]
+                    if elapsed > 0.0:
+                        tokens += elapsed * per_second
+                    if tokens > capacity:
+                        tokens = capacity
                 allowed = tokens >= 1.0
                 if allowed and consume:
                     tokens -= 1.0
-                if found is not None or consume:  # a look at an unknown client adds nothing
+                if known:
+                    floats[word + 1] = tokens
+                    floats[word + 2] = now
+                elif way is not None:  # a new or rescaled bucket, whole
                     table.store(set_index, way, tag, tokens, now, members)
+                    word = table.slot_word(set_index, way)
             finally:
                 if locked:
                     table.unlock(set_index)
-        if consume:
+        finally:
+            lock.release()
+        if word is not None and (place is None or place[0] != word):
             places = self._places
             if len(places) >= PLACES:
                 places.clear()  # a flood of new clients: start again, the busy ones come back first
-            places[key] = (table.slot_word(set_index, way), set_index, tag)
+            places[key] = (word, set_index, tag)
         return self._decision(allowed, rate_per_minute, burst, per_second, capacity, tokens)
+
+    def _find(self, rule: str, client: str, own: bool, set_index: int, tag: int, now: float,
+              members: int, rate_per_minute: int, burst: int, capacity: float, initial: float, consume: bool,
+              locked: bool) -> tuple[int | None, bool, float, int | None]:
+        """A key's bucket looked up in its set (called with the set locked): (its slot's
+        word or None, whether it is a known bucket at the same N for `check` to refill,
+        else its tokens now, and the way to store it in or None when nothing is stored)."""
+        table = self.table
+        values = table.read(set_index)
+        found = table.find(values, tag)
+        if found is not None:
+            if found.members == members:
+                return table.slot_word(set_index, found.way), True, 0.0, None
+            # The fleet grew or shrank: same fill ratio, new size.
+            return None, False, self._rescaled(found, now, rate_per_minute, burst, capacity), found.way
+        # New here; the same client's bucket in the other partition gives its fill ratio
+        # (the scope changed), else a new client's first fill.
+        base = key_tag(rule, client)
+        other = table.find(values, base if own else partition_tag(base, current_pid()))
+        if other is not None:
+            tokens = self._rescaled(other, now, rate_per_minute, burst, capacity)
+        elif members > 1:
+            tokens = min(capacity, initial + self._rounding())
+        else:
+            tokens = initial
+        if not consume:  # a look at an unknown client adds nothing
+            return None, False, tokens, None
+        way, empty = table.victim(values)
+        if empty:
+            table.added(locked)
+        return None, False, tokens, way
 
     def _rescaled(self, slot: Slot, now: float, rate_per_minute: int, burst: int, capacity: float) -> float:
         """A bucket's tokens now, refilled at the share it was measured in and carried
