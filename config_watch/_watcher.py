@@ -367,17 +367,13 @@ class ConfigWatcher:
         return max(0.0, self._clock() - last)
 
     def _check_due(self) -> bool:
-        now = self._clock()
-        if now < self._next_check_at:
+        if self._clock() < self._next_check_at:
             return False
         # Stale; or the loop is down for a passing reason, and a check may find etcd back
         # before its backoff ends (a refused password will not mend itself that fast).
         failure = self.failure
-        if failure is not None and failure.kind != PERMANENT and not self.connected:
-            return True
-        # staleness(), written out: every request asks this.
-        last = self.last_contact if self.last_contact is not None else self.started_at
-        return now - last > self.settings.staleness
+        down = failure is not None and failure.kind != PERMANENT and not self.connected
+        return down or self.staleness() > self.settings.staleness
 
     def ensure_fresh(self) -> Snapshot:
         """The snapshot to serve, checked against etcd first if it may be stale.
