@@ -20,13 +20,15 @@ when it dies, so a worker killed in the middle of an update cannot wedge the oth
 Record locks do not exclude the threads of one process, so the caller holds a thread
 lock of its own as well (`RateLimiter` does). A process alone with the table (one
 worker) takes no record locks: each process using the table attaches once, and the
-locks start when a second one does. Known gap: an update the first process has in
-flight at that moment is unprotected, and if the process is descheduled in the middle
-of it, its write can undo what the second spent meanwhile (once, in a test under
-heavy load, 791 tokens of 2000). The planned fix is a handshake at attach: the lone
-process holds a "solo" record lock while it runs unlocked and gives it up at the
-start of its first update after a second process attached, and a newcomer takes that
-lock (with a bounded wait, for a lone process that stays idle) before its first update.
+locks start when a second one does. The first process holds a "solo" record lock
+while it runs without locks, and gives it up at the start of its first update after
+a second process attached (with its thread lock held, so no update of its own is in
+flight then); a newcomer takes the solo lock before its first update. So an update
+the first process had in flight at that moment, even one descheduled half way, is
+over before the newcomer touches a bucket. A first process that stays idle gives
+nothing up: the newcomer waits at most `SOLO_WAIT_SECONDS` for it (an idle process
+has no update in flight; one descheduled for longer than that half way through an
+update is the case left open).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import mmap
 import os
 import struct
 import tempfile
+import time
 from typing import NamedTuple
 
 from config_watch.membership import new_group
@@ -57,6 +60,10 @@ _HEADER = struct.Struct("=QQ")
 _HEADER_WORDS = _HEADER.size // 8
 _USED, USERS_WORD = 0, 1  # the header's words
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
+# How long a process attaching after the first waits for the first to give up its solo
+# lock (see the module's docstring). Paid once, by a new worker's first request, and
+# only while the first worker stays idle.
+SOLO_WAIT_SECONDS = 0.2
 
 
 class Slot(NamedTuple):
@@ -89,7 +96,7 @@ class BucketTable:
     (`find`), and write one slot (`store`); the set of a key is `set_of(tag)`.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, solo_wait: float = SOLO_WAIT_SECONDS) -> None:
         if max_entries < 1:
             raise ValueError("a bucket table holds at least one entry")
         self.ways = min(WAYS, max_entries)
@@ -112,19 +119,43 @@ class BucketTable:
         self._lock_file = tempfile.TemporaryFile(prefix="ratelimit-locks-")
         self._fd = self._lock_file.fileno()
         self._header_lock = self.sets  # the byte after the sets' bytes
+        self._solo_lock = self.sets + 1  # held by the first process while it is alone
+        self._solo = False  # whether this process holds it
+        self._solo_wait = solo_wait
         self._attached_pid = 0
 
     def attach(self) -> None:
         """Count this process among the table's users (once per process; the first
-        call in a forked child counts the child)."""
+        call in a forked child counts the child). The first user takes the solo lock;
+        a later one waits for the first to give it up (see the module's docstring)."""
         if self._attached_pid == os.getpid():
             return
         self._attached_pid = os.getpid()
+        self._solo = False  # record locks are not inherited: a parent's is not this process's
         fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._header_lock)
         try:
-            self.words[USERS_WORD] += 1
+            users = self.words[USERS_WORD] + 1
+            self.words[USERS_WORD] = users
+            if users == 1:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._solo_lock)
+                self._solo = True
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._header_lock)
+        if users > 1:
+            self._await_solo()
+
+    def _await_solo(self) -> None:
+        deadline = time.monotonic() + self._solo_wait
+        while True:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self._solo_lock)
+            except OSError:  # the first process still holds it
+                if time.monotonic() >= deadline:
+                    return  # it stays idle, so it has no update in flight
+                time.sleep(0.001)
+                continue
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._solo_lock)
+            return
 
     def shared(self) -> bool:
         """Whether more than one process has attached: sets must then be locked."""
@@ -134,6 +165,12 @@ class BucketTable:
         return tag % self.sets
 
     def lock(self, set_index: int) -> None:
+        if self._solo:
+            # The first update since another process attached: this process's updates
+            # without locks are over (the caller holds its thread lock), so the
+            # newcomer waiting for the solo lock may start.
+            self._solo = False
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._solo_lock)
         fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, set_index)
 
     def unlock(self, set_index: int) -> None:

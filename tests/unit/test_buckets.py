@@ -124,6 +124,34 @@ def test_a_process_alone_locks_nothing_until_a_second_one_attaches():
     assert table.shared()
 
 
+def attach_and_stamp(table: BucketTable, stamps) -> None:
+    RateLimiter(table=table)  # attaches: the second process
+    stamps[1] = time.monotonic()
+
+
+def test_a_newcomer_starts_only_after_the_first_process_gave_up_updating_alone():
+    # The first process may be half way through an update without locks when a second
+    # attaches; the newcomer must not touch a bucket before that update is over, which
+    # the first process signals at the start of its next update.
+    table = BucketTable(100, solo_wait=30.0)
+    limiter = RateLimiter(table=table)
+    assert admitted(limiter, "x", 1) == 1  # alone: no locks
+    stamps = FORK.Array("d", 2)
+    child = FORK.Process(target=attach_and_stamp, args=(table, stamps))
+    child.start()
+    deadline = time.monotonic() + 30
+    while not table.shared():  # the child has attached and now waits
+        assert time.monotonic() < deadline, "the child never attached"
+        time.sleep(0.005)
+    time.sleep(0.2)  # it goes on waiting while this process has not updated again
+    assert child.is_alive()
+    stamps[0] = time.monotonic()
+    assert admitted(limiter, "x", 1) == 1  # the next update: locked, and it lets the child go
+    child.join(30)
+    assert child.exitcode == 0
+    assert stamps[1] >= stamps[0], "the newcomer went ahead while the first process could still be updating alone"
+
+
 def test_the_table_holds_at_most_its_size_in_whole_sets():
     assert (BucketTable(100_000).capacity, BucketTable(3).capacity, BucketTable(1009).capacity) == (100_000, 3, 1008)
     with pytest.raises(ValueError):
