@@ -58,7 +58,7 @@ SLOT_WORDS = SLOT_BYTES // 8
 # Before the slots: the number of slots in use, and of processes that attached.
 _HEADER = struct.Struct("=QQ")
 _HEADER_WORDS = _HEADER.size // 8
-_USED, USERS_WORD = 0, 1  # the header's words
+_USED, _USERS = 0, 1  # the header's words
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
 # How long a process attaching after the first waits for the first to give up its solo
 # lock (see the module's docstring). Paid once, by a new worker's first request, and
@@ -134,8 +134,8 @@ class BucketTable:
         self._solo = False  # record locks are not inherited: a parent's is not this process's
         fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._header_lock)
         try:
-            users = self.words[USERS_WORD] + 1
-            self.words[USERS_WORD] = users
+            users = self.words[_USERS] + 1
+            self.words[_USERS] = users
             if users == 1:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._solo_lock)
                 self._solo = True
@@ -159,7 +159,7 @@ class BucketTable:
 
     def shared(self) -> bool:
         """Whether more than one process has attached: sets must then be locked."""
-        return self.words[USERS_WORD] > 1
+        return self.words[_USERS] > 1
 
     def set_of(self, tag: int) -> int:
         return tag % self.sets
@@ -221,6 +221,6 @@ class BucketTable:
 
     def clear(self) -> None:
         """Forget every bucket (tests); the processes attached stay counted."""
-        users = self.words[USERS_WORD]
+        users = self.words[_USERS]
         self._memory[:] = bytes(len(self._memory))
-        self.words[USERS_WORD] = users
+        self.words[_USERS] = users

@@ -34,7 +34,7 @@ from config_watch import RATE_LIMIT, RATE_LIMIT_BURST, RATE_LIMIT_SCOPE, RATE_LI
 from config_watch import Membership
 from config_watch._pid import current_pid
 
-from .buckets import USERS_WORD, BucketTable, Slot, key_tag, partition_tag
+from .buckets import BucketTable, Slot, key_tag, partition_tag
 
 # Tokens a process's bucket may hold beyond its share of the burst when the limit is
 # split between processes: the figure that closes the gap that random spread leaves.
@@ -92,28 +92,23 @@ class YieldingLock:
     """
 
     SPINS = 100
-    __slots__ = ("lock",)
+    __slots__ = ("_lock",)
 
     def __init__(self) -> None:
-        # The mutex itself: a caller may try it first (`lock.acquire(False)`), call
-        # `wait()` only when that fails, and `lock.release()` after.
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()
 
-    def wait(self) -> None:
-        """Acquire, after a first try failed: yield to the holder, then block."""
-        lock = self.lock
+    def __enter__(self) -> None:
+        lock = self._lock
+        if lock.acquire(False):
+            return
         for _ in range(self.SPINS):
             time.sleep(0)
             if lock.acquire(False):
                 return
         lock.acquire()
 
-    def __enter__(self) -> None:
-        if not self.lock.acquire(False):
-            self.wait()
-
     def __exit__(self, *exc) -> None:
-        self.lock.release()
+        self._lock.release()
 
 
 class RateLimiter:
@@ -178,11 +173,8 @@ class RateLimiter:
             base = key_tag(rule, client)
             tag = partition_tag(base, current_pid()) if own else base
             set_index = table.set_of(base)
-        lock = self._lock.lock
-        if not lock.acquire(False):
-            self._lock.wait()
-        try:
-            locked = words[USERS_WORD] > 1  # table.shared(), asked on every request
+        with self._lock:
+            locked = table.shared()
             if locked:
                 table.lock(set_index)
             try:
@@ -214,8 +206,6 @@ class RateLimiter:
             finally:
                 if locked:
                     table.unlock(set_index)
-        finally:
-            lock.release()
         if word is not None and (place is None or place[0] != word):
             places = self._places
             if len(places) >= PLACES:
