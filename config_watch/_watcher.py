@@ -103,6 +103,10 @@ class ConfigWatcher:
         # member) is not relisted for again until the stream next fails.
         self._verify_pending = False
         self._confirmed_revision: int | None = None
+        # When a staleness check last published a revision the stream had not reached
+        # (only another range's writes raised etcd's revision, say): a progress answer to
+        # a question sent before then may be below the snapshot and mean nothing more.
+        self._ahead_of_stream_at: float | None = None
         # Serialises "read current, build next, publish" between the loop and the guard.
         self._apply_lock = threading.Lock()
         # One request at a time runs the staleness check; the others wait for it.
@@ -278,7 +282,7 @@ class ConfigWatcher:
             last_response = now
             revision = self.store.current.revision
             below = batch.header_revision < revision
-            if below and self._confirmed_revision != revision:
+            if below and self._confirmed_revision != revision and not self._asked_before_check(batch):
                 raise _BelowSnapshot(batch.header_revision)
             self._mark_connected(now)
             # Below the snapshot (a member the relist showed to lag): alive, but no proof.
@@ -287,6 +291,14 @@ class ConfigWatcher:
                 # then, and everything up to it is in the snapshot (through the stream,
                 # or through a list or check that reached that far).
                 self._contact(min(now, batch.asked_at))
+
+    def _asked_before_check(self, batch: WatchBatch) -> bool:
+        """`batch` answers a progress question sent before a check moved the snapshot
+        ahead of the stream: below it by the check's doing, not a restore's or a lagging
+        member's. A question sent after the check is answered at the check's revision or
+        above by a member that keeps up, so the next answer still tells."""
+        ahead = self._ahead_of_stream_at
+        return bool(batch.asked_at) and ahead is not None and batch.asked_at <= ahead
 
     def _mark_connected(self, now: float) -> None:
         if not self.connected:
@@ -419,6 +431,8 @@ class ConfigWatcher:
                 snapshot, rejections = current.relisted(revision, kvs)
                 self._log_rejections(rejections)
                 published = self.store.publish(snapshot)
+                if published:
+                    self._ahead_of_stream_at = self._clock()
         if restored:
             # Not proof of freshness: the snapshot is of a history etcd no longer has.
             # The loop relists (and publishes the restored state) at once.

@@ -437,6 +437,40 @@ def test_ensure_fresh_on_a_stale_watcher_checks_and_catches_up(make_watcher):
     assert ("close",) in source.calls  # on a new connection
 
 
+def read_on(stream: FakeStream, item) -> None:
+    """Push `item` and wait until the loop took it and waits on `stream` again."""
+    stream.push(item)
+    wait_until(lambda: stream.waiting and not stream._items, timeout=5,
+               message="loop back on the same stream after the answer")
+
+
+def test_an_answer_asked_before_a_check_moved_the_snapshot_ahead_costs_no_relist(make_watcher, caplog):
+    """Only other ranges' writes raised etcd's revision: the check publishes 12 with the
+    same config while the stream has delivered up to 8, and a progress answer to a
+    question sent before the check then says 9. Nothing was restored and no member
+    lags: no relist, no warning."""
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.list_script.extend([(8, [KeyValue(RATE_LIMIT, b"5", 8)]), (12, [KeyValue(RATE_LIMIT, b"5", 8)])])
+    watcher = make_watcher(source, clock=clock)
+    stream = watching(source.stream(0))
+    asked_before = stream.asked_at[0]
+    source.check_result = (12, [KeyValue(RATE_LIMIT, b"5", 8)])
+    clock.advance(3)  # stale: the next request checks
+    assert watcher.ensure_fresh().revision == 12
+    read_on(stream, WatchBatch(9, asked_at=asked_before, complete=True))
+    assert source.count("list") == 1 and len(source.streams) == 1
+    assert watcher.counters["below_snapshot"] == 0
+    assert not [r for r in caplog.records if "below the snapshot" in r.getMessage()]
+    assert watcher.staleness() < 1  # the check's proof stands; the old answer adds none
+    # A question sent after the check and answered below it is a lagging member again.
+    clock.advance(1)
+    stream.push(WatchBatch(9, asked_at=clock(), complete=True))
+    assert source.stream(1).start_revision == 13
+    assert source.count("list") == 2 and watcher.counters["below_snapshot"] == 1
+    assert watcher.counters["restores"] == 0
+
+
 def test_ensure_fresh_does_nothing_when_fresh(make_watcher):
     clock = FakeClock()
     source = FakeSource(clock)
