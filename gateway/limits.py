@@ -43,6 +43,12 @@ def _make_step(runtime) -> FleetRateLimit:
 _step: PerProcess[FleetRateLimit] = PerProcess(_make_step)
 
 
+def prepare(runtime) -> None:
+    """Make this process's limiter now, and with it start its membership's first read
+    of the member list (on a cold start: beside the config's first read, not after it)."""
+    _step.get(runtime)
+
+
 def check(runtime, snapshot, client: str, path: str, consume: bool = True) -> RateLimitResult:
     return _step.get(runtime).check(snapshot, path, client, consume=consume)
 

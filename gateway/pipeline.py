@@ -88,6 +88,10 @@ def handle(request: flask.Request) -> flask.Response:
     if path == "/_status":
         return status(runtime)
 
+    if not runtime.watcher.synced:
+        # A cold start: the fleet's member list is read while this request waits for
+        # the config, not after it (one round trip to etcd less).
+        limits.prepare(runtime)
     try:
         snapshot = runtime.snapshot()  # the one snapshot this request uses
     except config_watch.ConfigUnavailable as exc:  # never synced, and etcd refuses us
