@@ -23,6 +23,7 @@ def api_gateway(request: flask.Request) -> flask.Response:
 
 
 # What the import built lives as long as the process: frozen, a full collection no
-# longer walks it (about 35 ms a time in a worker, measured) and forked workers do not
-# touch its pages. The import leaves no garbage behind to freeze with it.
+# longer walks it (about 35 ms a time in a worker, measured), nor writes to its pages
+# in forked workers (reference counts still do). The import leaves no garbage behind
+# to freeze with it.
 gc.freeze()

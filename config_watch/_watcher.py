@@ -283,6 +283,10 @@ class ConfigWatcher:
             revision = self.store.current.revision
             below = batch.header_revision < revision
             if below and self._confirmed_revision != revision and not self._asked_before_check(batch):
+                if self._restart_requested:
+                    # A check caught up past this stream, which is being replaced: a
+                    # response it still had on its way says nothing of a restore.
+                    raise _Restart()
                 raise _BelowSnapshot(batch.header_revision)
             self._mark_connected(now)
             # Below the snapshot (a member the relist showed to lag): alive, but no proof.
@@ -430,9 +434,12 @@ class ConfigWatcher:
             if not restored and (revision > current.revision or not current.synced):
                 snapshot, rejections = current.relisted(revision, kvs)
                 self._log_rejections(rejections)
+                # Both before the loop can see the snapshot: from then on, a response the
+                # stream had on its way may be below it (see handle_watch).
+                self._ahead_of_stream_at = self._clock()
+                if not snapshot.same_config(current):
+                    self._restart_requested = True  # the stream missed changes: replaced below
                 published = self.store.publish(snapshot)
-                if published:
-                    self._ahead_of_stream_at = self._clock()
         if restored:
             # Not proof of freshness: the snapshot is of a history etcd no longer has.
             # The loop relists (and publishes the restored state) at once.

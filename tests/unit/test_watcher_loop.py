@@ -471,6 +471,49 @@ def test_an_answer_asked_before_a_check_moved_the_snapshot_ahead_costs_no_relist
     assert watcher.counters["restores"] == 0
 
 
+def while_publishing(watcher: ConfigWatcher, revision: int, action) -> None:
+    """Run `action` while the check publishes `revision`: after the snapshot is in force,
+    before the check goes on (the loop may read a response in that moment)."""
+    publish = watcher.store.publish
+
+    def hooked(snapshot, restore=False):
+        published = publish(snapshot, restore)
+        if snapshot.revision == revision:
+            action()
+        return published
+
+    watcher.store.publish = hooked
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same config", "config changed"])
+def test_a_response_read_the_moment_a_check_publishes_costs_no_relist(make_watcher, changed):
+    """The loop may read a response the moment the check's snapshot is in force, before
+    the check returns: a progress answer to a question sent before it (the config the
+    same), or a response the stream had on its way while the check found changes it
+    missed. Neither is a restore or a lagging member."""
+    clock = FakeClock()
+    source = FakeSource(clock)
+    source.list_script.extend([(8, [KeyValue(RATE_LIMIT, b"5", 8)])])
+    watcher = make_watcher(source, clock=clock)
+    stream = watching(source.stream(0))
+    answer = WatchBatch(9, asked_at=stream.asked_at[0], complete=True) if not changed else WatchBatch(10)
+    source.check_result = (12, [KeyValue(RATE_LIMIT, b"7" if changed else b"5", 11 if changed else 8)])
+
+    def read_now():
+        stream.push(answer)
+        wait_until(lambda: not stream._items and (stream.waiting or len(source.streams) > 1 or source.count("list") > 1),
+                   timeout=5, message="the loop read the response")
+
+    while_publishing(watcher, 12, read_now)
+    clock.advance(3)  # stale: the next request checks
+    assert watcher.ensure_fresh()[RATE_LIMIT] == (7 if changed else 5)
+    if changed:
+        assert source.stream(1).start_revision == 13  # the stream is replaced, from the check's revision
+    else:
+        watching(stream)
+    assert source.count("list") == 1 and watcher.counters["below_snapshot"] == 0
+
+
 def test_ensure_fresh_does_nothing_when_fresh(make_watcher):
     clock = FakeClock()
     source = FakeSource(clock)
