@@ -9,7 +9,7 @@ from ._snapshot import Rejection
 
 # The states, in the words of LaunchDarkly's data source status.
 INITIALIZING = "initializing"  # never synced, no error only an operator can fix
-VALID = "valid"  # watching, and current
+VALID = "valid"  # watching, and current (or opening the watch with nothing failed since a list)
 INTERRUPTED = "interrupted"  # synced before; the watch is down for now (serving the last good snapshot)
 FAILED = "failed"  # an error only an operator can fix (credentials, permissions, TLS files)
 

@@ -485,7 +485,9 @@ class ConfigWatcher:
         failure = self.failure
         if failure is not None and failure.kind == PERMANENT:
             state = FAILED
-        elif self.connected:
+        elif self.connected or (self.synced and failure is None):
+            # Watching; or opening the watch right after a list (at a cold start, while
+            # gRPC loads): nothing is down then, the snapshot was just listed.
             state = VALID
         else:
             state = INTERRUPTED if self.synced else INITIALIZING

@@ -645,6 +645,24 @@ def test_unreadable_tls_files_from_the_source_factory_are_a_permanent_settings_e
         watcher.stop()
 
 
+def test_status_is_valid_while_the_watch_opens_after_a_list_and_interrupted_once_it_fails(make_watcher):
+    """Between a list and the watch's first answer (at a cold start, while gRPC loads)
+    nothing is down: the snapshot was just listed. A failure makes it `interrupted`
+    until the watch answers again."""
+    source = FakeSource()
+    source.default_list = (7, [])
+    watcher = make_watcher(source)
+    first = watching(source.stream(0))
+    assert not watcher.connected and watcher.status().state == "valid"
+    first.push(Unavailable("connection reset by peer"))
+    second = watching(source.stream(1))  # resumed, without a list
+    assert source.count("list") == 1
+    assert not watcher.connected and watcher.status().state == "interrupted"
+    second.push(batch(7))
+    wait_until(lambda: watcher.connected, timeout=5)
+    assert watcher.status().state == "valid"
+
+
 def test_transient_errors_back_off_and_rotate(make_watcher):
     source = FakeSource()
     source.list_script.extend([Unavailable("connection refused"), Unavailable("no leader"), (3, [])])
