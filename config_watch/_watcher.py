@@ -427,18 +427,19 @@ class ConfigWatcher:
             log.warning("staleness check failed; serving the last good snapshot",
                         extra={"json_fields": {"error": str(err), "revision": self.store.current.revision}})
             return False
-        published = False
+        published = missed = False
         with self._apply_lock:
             current = self.store.current
             restored = current.synced and revision < current.revision
             if not restored and (revision > current.revision or not current.synced):
                 snapshot, rejections = current.relisted(revision, kvs)
                 self._log_rejections(rejections)
+                missed = not snapshot.same_config(current)  # changes the stream did not deliver
                 # Both before the loop can see the snapshot: from then on, a response the
                 # stream had on its way may be below it (see handle_watch).
                 self._ahead_of_stream_at = self._clock()
-                if not snapshot.same_config(current):
-                    self._restart_requested = True  # the stream missed changes: replaced below
+                if missed:
+                    self._restart_requested = True  # the stream is replaced below
                 published = self.store.publish(snapshot)
         if restored:
             # Not proof of freshness: the snapshot is of a history etcd no longer has.
@@ -456,7 +457,7 @@ class ConfigWatcher:
             self._settled.set()
         if not self.connected:
             self._wake.set()  # etcd answers: the loop need not sleep out its backoff
-        if published and not snapshot.same_config(current):
+        if published and missed:
             self.counters["check_catchups"] += 1
             log.warning("staleness check found changes the watch had not delivered; caught up",
                         extra={"json_fields": {"from_revision": current.revision, "revision": revision}})
