@@ -154,22 +154,16 @@ class Forwarder:
             headers["Authorization"] = "Bearer " + self.settings.token
         return headers
 
-    def forward(self, request: flask.Request, snapshot, own_headers: dict[str, str],
+    def forward(self, request: flask.Request, body: bytes, snapshot, own_headers: dict[str, str],
                 experiments: str | None) -> flask.Response:
-        """Send `request` upstream and answer with what came back; `own_headers` (the
-        gateway's revision, rate limit, experiments) go on every answer."""
+        """Send `request`, with its `body` (read and bounded by the pipeline), upstream
+        and answer with what came back; `own_headers` (the gateway's revision, rate
+        limit, experiments) go on every answer."""
         environ = request.environ
         rid = request_id(environ)
         own_headers["X-Request-Id"] = rid
         if has_dot_segment(request.path):
             return json_response({"error": "path must not contain . or .. segments"}, 400, own_headers)
-        limit = self.settings.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            return json_response({"error": f"request body larger than {limit} bytes"}, 413, own_headers)
-        body = request.stream.read(limit + 1)  # a chunked body has no Content-Length
-        if len(body) > limit:
-            return json_response({"error": f"request body larger than {limit} bytes"}, 413, own_headers)
 
         bounds = thresholds(snapshot)
         permit = self.breaker.acquire(bounds)

@@ -2,6 +2,7 @@
 
 One snapshot is read per request and every step decides from it alone:
 
+0. a body past the limit is refused (413) on every path, before any policy runs;
 1. `/_status` answers at once (no policy applies to it).
 2. experiments: the client's variants, for every answer and the forwarded request;
 3. maintenance: 503 while the switch is on;
@@ -17,7 +18,7 @@ import flask
 import config_watch
 from config_watch import SettingsError
 
-from . import experiments, limits, local, maintenance
+from . import bodies, experiments, limits, local, maintenance
 from ._process import PerProcess
 from .identity import client_identity
 from .responses import json_response, misconfigured
@@ -85,6 +86,15 @@ def handle(request: flask.Request) -> flask.Response:
         return misconfigured(f"CONFIG_SERVICE must be {GATEWAY_SERVICE!r}, not {runtime.settings.service!r}")
 
     path = request.path
+    body = b""
+    if bodies.declared(request.environ):
+        try:
+            limit = forwarder().settings.max_body_bytes
+        except SettingsError as exc:
+            return misconfigured(str(exc))
+        body = bodies.read(request, limit)
+        if body is None and path == "/_status":
+            return bodies.too_large(limit, {"Cache-Control": "no-store"})
     if path == "/_status":
         return status(runtime)
 
@@ -105,6 +115,8 @@ def handle(request: flask.Request) -> flask.Response:
     variants = experiments.header_value(snapshot, client) if has_experiments else None
     if variants:
         headers[experiments.HEADER] = variants
+    if body is None:  # refused before the policies: it spends no token
+        return bodies.too_large(limit, headers)
 
     if in_maintenance:
         headers.update(limits.check(runtime, snapshot, client, path, consume=False).headers())
@@ -120,6 +132,6 @@ def handle(request: flask.Request) -> flask.Response:
             upstream = forwarder()
         except SettingsError as exc:
             return misconfigured(str(exc))
-        return upstream.forward(request, snapshot, headers, variants)
+        return upstream.forward(request, body, snapshot, headers, variants)
 
     return local.answer(request, snapshot, headers)

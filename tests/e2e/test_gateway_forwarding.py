@@ -4,6 +4,7 @@ so the breaker under test is the one answering) to a fault-injecting upstream.""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -114,6 +115,48 @@ def test_a_body_over_the_limit_is_413_and_never_sent(gateway, upstream):
     assert gateway.session.post(gateway.url + "/v1/jobs", data=b"x" * 1000).status_code == 200
 
 
+def _read_until_closed(sock: socket.socket) -> bytes | None:
+    """All the server sends until it closes the connection; None if it still holds it
+    open when the socket's timeout runs out."""
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except TimeoutError:
+        return None
+    return data
+
+
+# A body the client declares but never finishes: a huge Content-Length with nothing
+# after it, or a chunked body twice the limit whose last chunk never comes.
+_LYING_BODIES = {
+    "declared": ("Content-Length: 99999999999\r\n", b""),
+    "chunked": ("Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n" % (2000, b"x" * 2000)),
+}
+
+
+def test_bodies_past_the_limit_are_refused_without_waiting_for_the_rest(gateway, upstream):
+    # Answering 413 is not enough: the framework reads every unread body after a plain
+    # answer, before sending it, so the client would wait for ever and a thread with it.
+    # All at once: each connection is given up only after the server's bounded drain.
+    cases = [(kind, path) for kind in sorted(_LYING_BODIES) for path in ("/v1/jobs", "/", "/_status")]
+    socks = []
+    try:
+        for kind, path in cases:
+            header, start = _LYING_BODIES[kind]
+            socks.append(socket.create_connection(("127.0.0.1", gateway.port), timeout=15))
+            socks[-1].sendall(f"POST {path} HTTP/1.1\r\nHost: gateway\r\n{header}\r\n".encode() + start)
+        answers = dict(zip(cases, map(_read_until_closed, socks)))
+    finally:
+        for sock in socks:
+            sock.close()
+    for case, answer in answers.items():
+        assert answer is not None, f"{case}: the gateway held the connection waiting for the body"
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"larger than 1000 bytes" in answer, (case, answer[:300])
+    assert upstream.requests == 0
+    assert gateway.session.get(gateway.url + "/").status_code == 200
+
+
 def test_dot_segments_are_refused(gateway, upstream):
     response = gateway.session.get(gateway.url + "/v1/%2e%2e/_status")
     assert response.status_code == 400 and upstream.requests == 0
@@ -217,6 +260,23 @@ def test_maintenance_and_rate_limit_apply_before_forwarding(etcd, gateway, upstr
     assert gateway.session.post(gateway.url + "/v1/jobs").status_code == 503
     put_all(etcd, (MAINTENANCE_MODE, "false"), (RATE_LIMIT, "1"), (RATE_LIMIT_BURST, "1"))
     at_revision(gateway, etcd.revision())
+    assert [gateway.session.post(gateway.url + "/v1/jobs").status_code for _ in range(2)] == [200, 429]
+    assert upstream.requests == 1
+
+
+def test_a_body_over_the_limit_is_refused_first_and_spends_no_token(etcd, gateway, upstream):
+    put_all(etcd, (MAINTENANCE_MODE, "true"), (EXPERIMENTS + "beta", "on:100"))
+    at_revision(gateway, etcd.revision())
+    big = b"x" * 1001
+    during_maintenance = gateway.session.post(gateway.url + "/v1/jobs", data=big)
+    assert during_maintenance.status_code == 413
+    assert during_maintenance.headers["X-Experiments"] == "beta=on"
+    assert during_maintenance.headers["X-Config-Revision"] == str(etcd.revision())
+    put_all(etcd, (MAINTENANCE_MODE, "false"), (RATE_LIMIT, "1"), (RATE_LIMIT_BURST, "1"))
+    at_revision(gateway, etcd.revision())
+    assert [gateway.session.post(gateway.url + path, data=big).status_code
+            for path in ("/v1/jobs", "/", "/v1/jobs")] == [413, 413, 413]
+    # The client's one token is still there.
     assert [gateway.session.post(gateway.url + "/v1/jobs").status_code for _ in range(2)] == [200, 429]
     assert upstream.requests == 1
 

@@ -1,0 +1,41 @@
+"""The request body's bound, on every path.
+
+The gateway reads a body only to forward it, but functions-framework reads whatever
+body its function left unread, whole, before it sends a plain answer. A body past the
+limit, or one that never ends (a Content-Length nothing follows, a chunked body whose
+last chunk never comes), would then be held in memory, or keep the client and a
+worker thread waiting for ever, whatever the gateway answered. So the bound is
+checked on every path before any policy runs, and its 413 is a streamed answer: the
+framework sends that without reading on, and gunicorn drains at most 64 KiB of the
+rest, for at most 5 s, before it closes the connection.
+"""
+
+from __future__ import annotations
+
+import json
+
+import flask
+
+from .responses import JSON_TYPE
+
+
+def declared(environ: dict) -> bool:
+    """Whether the request says it has a body (a non-zero length, or chunked)."""
+    return environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ
+
+
+def read(request: flask.Request, limit: int) -> bytes | None:
+    """The whole body, or None if it is longer than `limit` (by its Content-Length,
+    before reading any of it, or after reading `limit` + 1 bytes of a chunked one)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        return None
+    data = request.stream.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def too_large(limit: int, headers: dict[str, str]) -> flask.Response:
+    """413, streamed (see the module's note): the rest of the body is never read."""
+    data = json.dumps({"error": f"request body larger than {limit} bytes"}).encode()
+    return flask.Response(iter((data,)), 413,
+                          [JSON_TYPE, ("Content-Length", str(len(data))), *headers.items()])
