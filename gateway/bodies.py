@@ -5,23 +5,31 @@ body its function left unread, whole, before it sends a plain answer. A body pas
 limit, or one that never ends (a Content-Length nothing follows, a chunked body whose
 last chunk never comes), would then be held in memory, or keep the client and a
 worker thread waiting for ever, whatever the gateway answered. So the bound is
-checked on every path before any policy runs, and its 413 is a streamed answer: the
-framework sends that without reading on, and gunicorn drains at most 64 KiB of the
-rest, for at most 5 s, before it closes the connection.
+checked on every path before any policy runs, and its 413 leaves the rest unread
+(`responses.unread_body_response`).
 """
 
 from __future__ import annotations
 
-import json
+import os
 
 import flask
 
-from .responses import JSON_TYPE
+from .responses import unread_body_response
 
 
 def declared(environ: dict) -> bool:
     """Whether the request says it has a body (a non-zero length, or chunked)."""
     return environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ
+
+
+def limit() -> int:
+    """FORWARD_MAX_BODY_BYTES (SettingsError if malformed). Read apart from the
+    forwarder's settings, so that a wrong PROCESSOR_URL does not refuse bodies on the
+    paths the gateway answers itself."""
+    from .settings import max_body_bytes_from_env  # not at import: see pipeline._make_forwarder
+
+    return max_body_bytes_from_env(os.environ)
 
 
 def read(request: flask.Request, limit: int) -> bytes | None:
@@ -35,7 +43,5 @@ def read(request: flask.Request, limit: int) -> bytes | None:
 
 
 def too_large(limit: int, headers: dict[str, str]) -> flask.Response:
-    """413, streamed (see the module's note): the rest of the body is never read."""
-    data = json.dumps({"error": f"request body larger than {limit} bytes"}).encode()
-    return flask.Response(iter((data,)), 413,
-                          [JSON_TYPE, ("Content-Length", str(len(data))), *headers.items()])
+    """413, leaving the rest of the body unread."""
+    return unread_body_response({"error": f"request body larger than {limit} bytes"}, 413, headers)

@@ -89,7 +89,7 @@ def handle(request: flask.Request) -> flask.Response:
     body = b""
     if bodies.declared(request.environ):
         try:
-            limit = forwarder().settings.max_body_bytes
+            limit = bodies.limit()
         except SettingsError as exc:
             return misconfigured(str(exc))
         body = bodies.read(request, limit)
@@ -116,6 +116,7 @@ def handle(request: flask.Request) -> flask.Response:
     if variants:
         headers[experiments.HEADER] = variants
     if body is None:  # refused before the policies: it spends no token
+        headers.update(limits.check(runtime, snapshot, client, path, consume=False).headers())
         return bodies.too_large(limit, headers)
 
     if in_maintenance:

@@ -60,6 +60,11 @@ def parse_upstream(text: str) -> Upstream:
     return Upstream(url.scheme, url.hostname, port or default_port, url.path.rstrip("/"))
 
 
+def max_body_bytes_from_env(env: Mapping[str, str]) -> int:
+    """FORWARD_MAX_BODY_BYTES: the largest request body the gateway takes, on any path."""
+    return _int(env, "FORWARD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 0, 1 << 30)
+
+
 class GatewaySettings(NamedTuple):
     upstream: Upstream = parse_upstream(DEFAULT_PROCESSOR_URL)
     # Sent to the processor as `Authorization: Bearer <token>`; None sends none.
@@ -80,6 +85,6 @@ class GatewaySettings(NamedTuple):
         return cls(
             upstream=parse_upstream(env.get("PROCESSOR_URL") or DEFAULT_PROCESSOR_URL),
             token=token,
-            max_body_bytes=_int(env, "FORWARD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 0, 1 << 30),
+            max_body_bytes=max_body_bytes_from_env(env),
             pool_connections=_int(env, "FORWARD_POOL_CONNECTIONS", DEFAULT_POOL_CONNECTIONS, 1, 1000),
         )

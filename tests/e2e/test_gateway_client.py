@@ -200,3 +200,13 @@ def test_gateway_refuses_to_serve_another_services_keys(etcd, monkeypatch):
     response = app.test_client().get("/", headers=key())
     assert response.status_code == 503
     assert "CONFIG_SERVICE" in response.json["error"]
+
+
+def test_a_wrong_processor_url_refuses_forwarding_but_not_bodies_elsewhere(client, monkeypatch):
+    monkeypatch.setenv("PROCESSOR_URL", "ftp://processor")
+    assert client.post("/", data=b"x" * 100, headers=key()).status_code == 200
+    forwarded = client.post("/v1/jobs", data=b"{}", headers=key())
+    assert forwarded.status_code == 503 and "PROCESSOR_URL" in forwarded.json["error"]
+    # The bound does not depend on the forwarder's settings either.
+    too_big = client.post("/", data=b"x" * ((1 << 20) + 1), headers=key())
+    assert too_big.status_code == 413 and "RateLimit-Remaining" in too_big.headers
