@@ -93,10 +93,8 @@ def handle(request: flask.Request) -> flask.Response:
         except SettingsError as exc:
             return misconfigured(str(exc))
         body = bodies.read(request, limit)
-        if body is None and path == "/_status":
-            return bodies.too_large(limit, {"Cache-Control": "no-store"})
     if path == "/_status":
-        return status(runtime)
+        return status(runtime) if body is not None else bodies.too_large(limit, {"Cache-Control": "no-store"})
 
     if not runtime.watcher.synced:
         # A cold start: the fleet's member list is read while this request waits for
@@ -115,13 +113,10 @@ def handle(request: flask.Request) -> flask.Response:
     variants = experiments.header_value(snapshot, client) if has_experiments else None
     if variants:
         headers[experiments.HEADER] = variants
-    if body is None:  # refused before the policies: it spends no token
+    if body is None or in_maintenance:
+        # Refused before the rate limit: its headers, but no token spent.
         headers.update(limits.check(runtime, snapshot, client, path, consume=False).headers())
-        return bodies.too_large(limit, headers)
-
-    if in_maintenance:
-        headers.update(limits.check(runtime, snapshot, client, path, consume=False).headers())
-        return maintenance.refusal(snapshot, headers)
+        return bodies.too_large(limit, headers) if body is None else maintenance.refusal(snapshot, headers)
 
     limited = limits.check(runtime, snapshot, client, path)
     headers.update(limited.headers())
