@@ -349,10 +349,10 @@ class ConfigWatcher:
                   "revision": self.store.current.revision}
         if failure.kind == PERMANENT:
             delay = self._backoff.permanent_delay
-            self._settled.set()
             log.error("watch loop stopped by %s; retrying in %.0f s (only an operator can fix this)",
                       failure.reason, delay,
                       extra={"json_fields": {**fields, "retry_in_seconds": delay}})
+            self._settled.set()  # after the log: a request answered 503 finds the reason logged
         else:
             # The failed endpoint's count grows; the next one is tried once its own
             # delay allows (at once if it has not failed lately): see Backoff.

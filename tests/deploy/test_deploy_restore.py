@@ -88,9 +88,12 @@ def worker_revisions(server: FunctionServer, done, timeout: float) -> dict[int, 
 def test_every_worker_serves_the_restored_values_without_restart(way, etcd, tls, tmp_path):
     etcd.etcdctl("put", RATE_LIMIT, "111")
     etcd.etcdctl("put", ONBOARDING, "true")
+    # Membership leases that outlast the test: a worker renewing its record after the
+    # restore writes a revision of its own, which the exact revisions below cannot allow.
     env = {"ETCD_ENDPOINTS": etcd.endpoint, "CONFIG_INITIAL_WAIT_SECONDS": "3",
            "ETCD_DEAD_STREAM_SECONDS": "1.5", "ETCD_REQUEST_TIMEOUT_SECONDS": "1",
-           "CONFIG_STALENESS_SECONDS": "1", "CONFIG_CHECK_TIMEOUT_SECONDS": "0.5"}
+           "CONFIG_STALENESS_SECONDS": "1", "CONFIG_CHECK_TIMEOUT_SECONDS": "0.5",
+           "INSTANCE_TTL_SECONDS": "600"}
     with FunctionServer(env, workers=2, log_path=str(tmp_path / "gateway.log")) as server:
         worker_revisions(server, lambda rev: rev >= etcd.revision(), 30)
 

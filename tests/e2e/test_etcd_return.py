@@ -20,7 +20,10 @@ def gateway(etcd, tmp_path):
     etcd.etcdctl("put", RATE_LIMIT, "10")
     # A staleness bound far away, so only the loop (and a check while it is down) can
     # bring a worker back; a short dead-stream bound, so the tests need not wait long.
-    env = {"ETCD_ENDPOINTS": etcd.endpoint, "CONFIG_STALENESS_SECONDS": "60", "ETCD_DEAD_STREAM_SECONDS": "1.5"}
+    # Membership leases that outlast the test: a worker renewing its record after a
+    # restore writes a revision of its own, which the exact revisions below cannot allow.
+    env = {"ETCD_ENDPOINTS": etcd.endpoint, "CONFIG_STALENESS_SECONDS": "60", "ETCD_DEAD_STREAM_SECONDS": "1.5",
+           "INSTANCE_TTL_SECONDS": "600"}
     with FunctionServer(env, workers=WORKERS, log_path=str(tmp_path / "server.log")) as fn:
         yield fn
 

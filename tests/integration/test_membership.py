@@ -66,7 +66,8 @@ def test_touch_never_waits_for_etcd(make_member):
             slowest = max(slowest, time.perf_counter() - started)
             time.sleep(0.002)
         assert member.counters["failures"] >= 1, "the helper did try, and waited out its deadline"
-        assert slowest < 0.05, f"touch took {slowest * 1000:.1f} ms with etcd silent"
+        # Far below the 1 s a call to etcd waits; the first touch starts the helper thread.
+        assert slowest < 0.3, f"touch took {slowest * 1000:.1f} ms with etcd silent"
 
 
 def test_requests_keep_the_lease_alive_and_silence_lets_it_lapse(etcd, make_member):
