@@ -97,6 +97,9 @@ class Membership:
         self._retry_gap = FIRST_RETRY_SECONDS
         self._wake = threading.Event()
         self._stopped = False
+        # Orders close() against a registration in flight: one of them holds the lease
+        # the other must revoke, never neither.
+        self._lease_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
         self.last_error: str | None = None
@@ -237,7 +240,8 @@ class Membership:
                 self._lease_id = None
             self._register(asked_at, timeout)
         except EtcdError as exc:
-            self._failed(exc)
+            if not self._stopped:  # after close() a failure is neither retried nor news
+                self._failed(exc)
 
     def _register(self, asked_at: float, timeout: float) -> None:
         lease_id, granted = self._client.lease_grant(max(1, math.ceil(self.ttl)), timeout)
@@ -246,7 +250,13 @@ class Membership:
         except EtcdError:
             self._revoke_quietly(lease_id)
             raise
-        self._lease_id = lease_id
+        with self._lease_lock:
+            stopped = self._stopped
+            if not stopped:
+                self._lease_id = lease_id
+        if stopped:  # closed while this was in flight: leave at once, as close() would have
+            self._revoke_quietly(lease_id)
+            return
         self._need_put = False
         self.counters["registrations"] += 1
         self._succeeded(asked_at)
@@ -289,11 +299,12 @@ class Membership:
 
     def close(self) -> None:
         """Leave the fleet now (revoke the lease) instead of at its expiry."""
-        self._stopped = True
+        with self._lease_lock:
+            self._stopped = True
+            lease_id, self._lease_id = self._lease_id, None
         self._wake.set()
         if os.getpid() == self.pid:
             self.watcher.stop(timeout=1.0)
-        lease_id, self._lease_id = self._lease_id, None
         if lease_id is not None and os.getpid() == self.pid:
             self._revoke_quietly(lease_id)
             log.info("left the fleet", extra={"json_fields": {"key": self.key}})

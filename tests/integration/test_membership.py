@@ -8,11 +8,13 @@ import base64
 import json
 import logging
 import socket
+import threading
 import time
 
 import pytest
 
 from config_watch import INSTANCES, Membership
+from config_watch._etcd_json import JsonGatewayClient
 from tests.conftest import fast_settings
 from tests.support import wait_until
 
@@ -68,6 +70,51 @@ def test_touch_never_waits_for_etcd(make_member):
         assert member.counters["failures"] >= 1, "the helper did try, and waited out its deadline"
         # Far below the 1 s a call to etcd waits; the first touch starts the helper thread.
         assert slowest < 0.3, f"touch took {slowest * 1000:.1f} ms with etcd silent"
+
+
+class HeldPut(JsonGatewayClient):
+    """The real client, whose put waits until the test lets it go."""
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def put(self, *args, **kwargs):
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().put(*args, **kwargs)
+
+
+def test_a_registration_that_ends_after_close_leaves_at_once(etcd):
+    settings = fast_settings(etcd.endpoint, INSTANCE_TTL_SECONDS=30)
+    client = HeldPut(settings)
+    member = Membership(settings, "api-gateway", client=client, watch=False).start()
+    try:
+        member.touch()
+        assert client.entered.wait(10), "the helper never started to register"
+        member.close()  # the lease is granted, the record not yet written
+        client.release.set()
+        member._worker.join(10)
+        # Left at once, as a clean close does; not 30 s later when the lease lapses.
+        assert member.key not in members_in_etcd(etcd)
+        assert member.counters["registrations"] == 0
+    finally:
+        client.release.set()
+        member.close()
+
+
+def test_a_renewal_that_fails_after_close_is_not_reported(make_member, caplog):
+    with socket.socket() as silent:  # accepts, never answers: the call waits out its 1 s
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        member = make_member(f"127.0.0.1:{silent.getsockname()[1]}", watch=False, ETCD_REQUEST_TIMEOUT_SECONDS=1)
+        member.touch()
+        wait_until(lambda: member._client is not None, 5, message="the helper's call under way")
+        member.close()
+        member._worker.join(10)
+        assert not member._worker.is_alive()
+    assert member.counters["failures"] == 0
+    assert not [r for r in caplog.records if "renewal failed" in r.getMessage()]
 
 
 def test_requests_keep_the_lease_alive_and_silence_lets_it_lapse(etcd, make_member):
