@@ -224,11 +224,12 @@ class Membership:
         try:
             if self._client is None:
                 self._client = JsonGatewayClient(self.settings, self._cursor)
-            if self._lease_id is not None:
+            lease_id = self._lease_id  # read once: close() may clear it meanwhile
+            if lease_id is not None:
                 self.counters["renewals"] += 1
-                if self._client.lease_keepalive(self._lease_id, timeout) > 0:
+                if self._client.lease_keepalive(lease_id, timeout) > 0:
                     if self._need_put:
-                        self._put_revision = self._client.put(self.key, self._record, timeout, self._lease_id)
+                        self._put_revision = self._client.put(self.key, self._record, timeout, lease_id)
                         self._need_put = False
                         log.warning("membership record was missing; written again",
                                     extra={"json_fields": {"key": self.key, "revision": self._put_revision}})

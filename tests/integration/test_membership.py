@@ -103,6 +103,40 @@ def test_a_registration_that_ends_after_close_leaves_at_once(etcd):
         member.close()
 
 
+class HeldKeepalive(JsonGatewayClient):
+    """The real client, whose keepalive answers only when the test lets it go."""
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def lease_keepalive(self, *args, **kwargs):
+        ttl = super().lease_keepalive(*args, **kwargs)
+        self.entered.set()
+        assert self.release.wait(10)
+        return ttl
+
+
+def test_a_record_written_again_during_close_is_never_left_without_a_lease(etcd):
+    settings = fast_settings(etcd.endpoint, INSTANCE_TTL_SECONDS=30)
+    client = HeldKeepalive(settings)
+    member = Membership(settings, "api-gateway", client=client).start()
+    try:
+        member.touch()
+        wait_until(lambda: member.member_id in member.members(), 10, message="registered and listed")
+        etcd.etcdctl("del", member.key)  # deleted by hand: the next renewal writes it again
+        wait_until(lambda: member.member_id not in member.members(), 10, message="the watch saw it go")
+        member.serve()
+        assert client.entered.wait(10), "no renewal started"
+        member.close()  # revokes the lease while the renewal holds its answer
+        client.release.set()
+        member._worker.join(10)
+        assert member.key not in members_in_etcd(etcd)  # not written again, lease or none
+    finally:
+        client.release.set()
+        member.close()
+
+
 def test_a_renewal_that_fails_after_close_is_not_reported(make_member, caplog):
     with socket.socket() as silent:  # accepts, never answers: the call waits out its 1 s
         silent.bind(("127.0.0.1", 0))
