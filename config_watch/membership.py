@@ -97,8 +97,7 @@ class Membership:
         self._retry_gap = FIRST_RETRY_SECONDS
         self._wake = threading.Event()
         self._stopped = False
-        # Orders close() against a registration in flight: one of them holds the lease
-        # the other must revoke, never neither.
+        # Exactly one of close() and a registration in flight revokes the new lease.
         self._lease_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
@@ -235,6 +234,8 @@ class Membership:
                                     extra={"json_fields": {"key": self.key, "revision": self._put_revision}})
                     self._succeeded(asked_at)
                     return
+                if self._stopped:  # revoked by close() meanwhile, not run out
+                    return
                 # The lease ran out (a freeze longer than its TTL): etcd deleted the record.
                 log.warning("membership lease had expired; registering again",
                             extra={"json_fields": {"key": self.key, "ttl_seconds": self.ttl}})
@@ -245,9 +246,14 @@ class Membership:
                 self._failed(exc)
 
     def _register(self, asked_at: float, timeout: float) -> None:
+        if self._stopped:
+            return
         lease_id, granted = self._client.lease_grant(max(1, math.ceil(self.ttl)), timeout)
+        if self._stopped:  # closed during the grant: no record is written
+            self._revoke_quietly(lease_id)
+            return
         try:
-            self._put_revision = self._client.put(self.key, self._record, timeout, lease_id)
+            put_revision = self._client.put(self.key, self._record, timeout, lease_id)
         except EtcdError:
             self._revoke_quietly(lease_id)
             raise
@@ -255,14 +261,15 @@ class Membership:
             stopped = self._stopped
             if not stopped:
                 self._lease_id = lease_id
-        if stopped:  # closed while this was in flight: leave at once, as close() would have
+        if stopped:  # closed during the put: leave at once, as close() would have
             self._revoke_quietly(lease_id)
             return
+        self._put_revision = put_revision
         self._need_put = False
         self.counters["registrations"] += 1
         self._succeeded(asked_at)
         log.info("registered as a member", extra={"json_fields": {
-            "key": self.key, "revision": self._put_revision, "lease_ttl_seconds": granted}})
+            "key": self.key, "revision": put_revision, "lease_ttl_seconds": granted}})
 
     def _succeeded(self, asked_at: float) -> None:
         self.renewed_at = asked_at
@@ -299,16 +306,23 @@ class Membership:
             pass  # it lapses by itself within its TTL
 
     def close(self) -> None:
-        """Leave the fleet now (revoke the lease) instead of at its expiry."""
+        """Leave the fleet now (revoke the lease) instead of at its expiry; returns once
+        a call in flight has ended too (bounded), so an exit right after leaks no lease."""
+        if os.getpid() != self.pid:  # a forked child: the lease and the lock are the parent's
+            self._stopped = True
+            return
         with self._lease_lock:
             self._stopped = True
             lease_id, self._lease_id = self._lease_id, None
         self._wake.set()
-        if os.getpid() == self.pid:
-            self.watcher.stop(timeout=1.0)
-        if lease_id is not None and os.getpid() == self.pid:
+        self.watcher.stop(timeout=1.0)
+        if lease_id is not None:
             self._revoke_quietly(lease_id)
             log.info("left the fleet", extra={"json_fields": {"key": self.key}})
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            # A grant and a put, or a keepalive and a put, then a revoke.
+            worker.join(2 * self.settings.request_timeout + self.settings.check_timeout)
 
 
 # This process's membership, the runtime it belongs to, or None before the first request.

@@ -150,6 +150,7 @@ class RecordingSource(EtcdSource):
         super().__init__(*args, **kwargs)
         self.delivered: list = []
         self.relisted: list[tuple[int, int]] = []  # (revision in force, revision listed)
+        self.late_starts: list[tuple[int, int]] = []  # (watch start, revision in force)
         self.watcher = None
 
     def list(self, timeout):
@@ -159,6 +160,10 @@ class RecordingSource(EtcdSource):
         return revision, kvs
 
     def watch(self, start_revision, on_events):
+        current = self.watcher.store.current.revision
+        if start_revision != current + 1:
+            self.late_starts.append((start_revision, current))
+
         def recording(events):
             current = self.watcher.store.current.revision
             self.delivered.extend((e.key, e.value, e.mod_revision) for e in events
@@ -175,6 +180,7 @@ def test_cluster_member_and_leader_loss_deliver_every_change_in_order(cluster):
     watcher.start()
     try:
         every_change_in_order(cluster, watcher, source.delivered, source.relisted)
+        assert source.late_starts == []  # every watch resumed just after the revision in force
     finally:
         watcher.stop()
 

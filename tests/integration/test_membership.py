@@ -72,72 +72,97 @@ def test_touch_never_waits_for_etcd(make_member):
         assert slowest < 0.3, f"touch took {slowest * 1000:.1f} ms with etcd silent"
 
 
-class HeldPut(JsonGatewayClient):
-    """The real client, whose put waits until the test lets it go."""
+class Held(JsonGatewayClient):
+    """The real client, one of whose calls waits until the test lets it go: before it
+    is sent (`hold="put"`, `"keepalive"`) or after its answer (`"keepalive answered"`)."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, hold: str) -> None:
         super().__init__(settings)
+        self.hold = hold
         self.entered, self.release = threading.Event(), threading.Event()
+        self.grants = 0
+
+    def _wait(self) -> None:
+        self.entered.set()
+        assert self.release.wait(10)
+
+    def lease_grant(self, *args, **kwargs):
+        self.grants += 1
+        return super().lease_grant(*args, **kwargs)
 
     def put(self, *args, **kwargs):
-        self.entered.set()
-        assert self.release.wait(10)
+        if self.hold == "put":
+            self._wait()
         return super().put(*args, **kwargs)
 
-
-def test_a_registration_that_ends_after_close_leaves_at_once(etcd):
-    settings = fast_settings(etcd.endpoint, INSTANCE_TTL_SECONDS=30)
-    client = HeldPut(settings)
-    member = Membership(settings, "api-gateway", client=client, watch=False).start()
-    try:
-        member.touch()
-        assert client.entered.wait(10), "the helper never started to register"
-        member.close()  # the lease is granted, the record not yet written
-        client.release.set()
-        member._worker.join(10)
-        # Left at once, as a clean close does; not 30 s later when the lease lapses.
-        assert member.key not in members_in_etcd(etcd)
-        assert member.counters["registrations"] == 0
-    finally:
-        client.release.set()
-        member.close()
-
-
-class HeldKeepalive(JsonGatewayClient):
-    """The real client, whose keepalive answers only when the test lets it go."""
-
-    def __init__(self, settings) -> None:
-        super().__init__(settings)
-        self.entered, self.release = threading.Event(), threading.Event()
-
     def lease_keepalive(self, *args, **kwargs):
+        if self.hold == "keepalive":
+            self._wait()
         ttl = super().lease_keepalive(*args, **kwargs)
-        self.entered.set()
-        assert self.release.wait(10)
+        if self.hold == "keepalive answered":
+            self._wait()
         return ttl
 
 
-def test_a_record_written_again_during_close_is_never_left_without_a_lease(etcd):
-    settings = fast_settings(etcd.endpoint, INSTANCE_TTL_SECONDS=30)
-    client = HeldKeepalive(settings)
-    member = Membership(settings, "api-gateway", client=client).start()
-    try:
-        member.touch()
-        wait_until(lambda: member.member_id in member.members(), 10, message="registered and listed")
-        etcd.etcdctl("del", member.key)  # deleted by hand: the next renewal writes it again
-        wait_until(lambda: member.member_id not in member.members(), 10, message="the watch saw it go")
-        member.serve()
-        assert client.entered.wait(10), "no renewal started"
-        member.close()  # revokes the lease while the renewal holds its answer
-        client.release.set()
-        member._worker.join(10)
-        assert member.key not in members_in_etcd(etcd)  # not written again, lease or none
-    finally:
+@pytest.fixture
+def held(etcd):
+    made = []
+
+    def make(hold: str) -> tuple[Membership, Held]:
+        settings = fast_settings(etcd.endpoint, INSTANCE_TTL_SECONDS=30)
+        client = Held(settings, hold)
+        member = Membership(settings, "api-gateway", client=client).start()
+        made.append((member, client))
+        return member, client
+
+    yield make
+    for member, client in made:
         client.release.set()
         member.close()
 
 
-def test_a_renewal_that_fails_after_close_is_not_reported(make_member, caplog):
+def close_while_held(member: Membership, client: Held) -> None:
+    """close() with a call of the helper's held; the call goes on 0.2 s later."""
+    assert client.entered.wait(10), "the helper's call never started"
+    threading.Timer(0.2, client.release.set).start()
+    member.close()
+    assert not member._worker.is_alive(), "close() returned with the helper's call still in flight"
+
+
+def test_a_registration_that_ends_during_close_leaves_before_close_returns(etcd, held):
+    member, client = held("put")
+    member.touch()
+    close_while_held(member, client)  # the lease is granted, the record not yet written
+    # Left when close() returns, as a clean close does; not 30 s later, when the lease lapses.
+    assert member.key not in members_in_etcd(etcd)
+    assert member.counters["registrations"] == 0
+
+
+def registered_then_deleted(etcd, member: Membership) -> None:
+    member.touch()
+    wait_until(lambda: member.member_id in member.members(), 10, message="registered and listed")
+    etcd.etcdctl("del", member.key)  # deleted by hand: the next renewal writes it again
+    wait_until(lambda: member.member_id not in member.members(), 10, message="the watch saw it go")
+    member.serve()  # finds itself missing: a renewal starts at once
+
+
+def test_a_record_written_again_during_close_is_never_left_without_a_lease(etcd, held):
+    member, client = held("keepalive answered")
+    registered_then_deleted(etcd, member)
+    close_while_held(member, client)  # revokes the lease the renewal has just renewed
+    assert member.key not in members_in_etcd(etcd)  # not written again, lease or none
+
+
+def test_a_lease_revoked_by_close_is_not_taken_for_expired(etcd, held, caplog):
+    member, client = held("keepalive")
+    registered_then_deleted(etcd, member)
+    close_while_held(member, client)  # the keepalive then finds the lease gone
+    assert client.grants == 1, "registered again after close()"
+    assert not [r for r in caplog.records if "registering again" in r.getMessage()]
+    assert member.key not in members_in_etcd(etcd)
+
+
+def test_a_registration_that_fails_after_close_is_not_reported(make_member, caplog):
     with socket.socket() as silent:  # accepts, never answers: the call waits out its 1 s
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
@@ -145,7 +170,6 @@ def test_a_renewal_that_fails_after_close_is_not_reported(make_member, caplog):
         member.touch()
         wait_until(lambda: member._client is not None, 5, message="the helper's call under way")
         member.close()
-        member._worker.join(10)
         assert not member._worker.is_alive()
     assert member.counters["failures"] == 0
     assert not [r for r in caplog.records if "renewal failed" in r.getMessage()]
