@@ -25,7 +25,7 @@ $(SCAN_STAMP): requirements-scan.txt
 run: $(STAMP)
 	$(PY) -m tools.run_local
 
-# `make -j2 test` (as CI runs it) builds the two environments side by side.
+# `make -j2 test` builds the two environments side by side.
 test: $(STAMP) $(SCAN_STAMP)
 	$(PY) -m pytest
 

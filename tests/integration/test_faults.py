@@ -12,7 +12,7 @@ from config_watch import RATE_LIMIT, ConfigWatcher, EtcdError, Settings
 from config_watch._etcd import EtcdClient, ordered_progress
 from config_watch._source import EtcdSource
 from tests.conftest import PREFIXES, fast_settings
-from tests.support import wait_until
+from tests.support import silent_endpoint, wait_until
 from tools.etcd_server import EtcdCluster
 
 
@@ -372,12 +372,7 @@ def test_lists_fall_back_to_grpc_when_the_json_gateway_is_off(tmp_path, make_wat
 def test_asking_an_unreachable_members_version_does_not_hold_up_the_watch():
     """A member that accepts connections and never answers (a blackholed VM): the version
     lookup gives up within its short deadline, once, and the watch opens regardless."""
-    import socket
-
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)  # the kernel completes handshakes; nothing ever answers
-        endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
+    with silent_endpoint() as endpoint:
         settings = Settings.from_env({"ETCD_ENDPOINTS": endpoint, "CONFIG_CHECK_TIMEOUT_SECONDS": "0.3",
                                       "ETCD_REQUEST_TIMEOUT_SECONDS": "3"})
         source = EtcdSource(settings, PREFIXES)

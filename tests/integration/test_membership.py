@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
 import threading
 import time
 
@@ -16,7 +15,7 @@ import pytest
 from config_watch import INSTANCES, Membership
 from config_watch._etcd_json import JsonGatewayClient
 from tests.conftest import fast_settings
-from tests.support import wait_until
+from tests.support import silent_endpoint, wait_until
 
 TTL = 2  # etcd's smallest lease with its default election timeout
 
@@ -55,11 +54,8 @@ def test_first_touch_registers_a_lease_bound_record(etcd, make_member):
 
 
 def test_touch_never_waits_for_etcd(make_member):
-    # An endpoint that accepts connections and never answers: every call hangs to its deadline.
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        member = make_member(f"127.0.0.1:{silent.getsockname()[1]}", watch=False, ETCD_REQUEST_TIMEOUT_SECONDS=1)
+    with silent_endpoint() as endpoint:  # every call hangs to its deadline
+        member = make_member(endpoint, watch=False, ETCD_REQUEST_TIMEOUT_SECONDS=1)
         slowest = 0.0
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
@@ -163,10 +159,8 @@ def test_a_lease_revoked_by_close_is_not_taken_for_expired(etcd, held, caplog):
 
 
 def test_a_registration_that_fails_after_close_is_not_reported(make_member, caplog):
-    with socket.socket() as silent:  # accepts, never answers: the call waits out its 1 s
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        member = make_member(f"127.0.0.1:{silent.getsockname()[1]}", watch=False, ETCD_REQUEST_TIMEOUT_SECONDS=1)
+    with silent_endpoint() as endpoint:  # the call waits out its 1 s
+        member = make_member(endpoint, watch=False, ETCD_REQUEST_TIMEOUT_SECONDS=1)
         member.touch()
         wait_until(lambda: member._client is not None, 5, message="the helper's call under way")
         member.close()

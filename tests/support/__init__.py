@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -23,6 +25,17 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}"
                                  + (f" (last error: {last_error!r})" if last_error else ""))
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """An endpoint ("127.0.0.1:port") that accepts connections and never answers (a
+    blackholed member): the kernel completes the handshakes, so every call to it waits
+    out its own deadline."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        yield f"127.0.0.1:{silent.getsockname()[1]}"
 
 
 def record_published(watcher) -> list:
